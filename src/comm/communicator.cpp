@@ -1,0 +1,148 @@
+#include "comm/communicator.h"
+
+#include "comm/wire_header.h"
+#include "core/dtype.h"
+#include "core/error.h"
+
+#include <fmt/ranges.h>
+
+namespace trustep::comm {
+
+Backend parse_backend(const std::string& name, const std::string& option) {
+  if (name == "auto") return Backend::kAuto;
+  if (name == "mpi") return Backend::kMpi;
+  if (name == "nccl") return Backend::kNccl;
+  if (name == "self") return Backend::kSelf;
+  throw OptionError(fmt::format("invalid value '{}' for option '{}': expected auto, mpi, nccl or self", name, option),
+                    TRUSTEP_ORIGIN);
+}
+
+const char* backend_name(Backend backend) {
+  switch (backend) {
+    case Backend::kAuto: return "auto";
+    case Backend::kMpi: return "mpi";
+    case Backend::kNccl: return "nccl";
+    case Backend::kSelf: return "self";
+  }
+  return "unknown";
+}
+
+struct Communicator::Entered {
+  at::Tensor tensor;                 // the conforming (possibly cast) input
+  std::vector<int64_t> recv_counts;  // all-to-all only
+  OpInfo info;
+};
+
+Communicator::Communicator(int rank, int world, const CommOptions& options)
+    : rank_(rank), world_(world), options_(options), contracts_(options.policy, rank) {}
+
+Communicator::~Communicator() = default;
+
+void Communicator::start_watchdog() {
+  watchdog_ = std::make_unique<Watchdog>(rank_, options_.timeout_s,
+                                         [this](const std::string& why) { abort_job(124, why); });
+}
+
+Communicator::Entered Communicator::enter(int op_code, const at::Tensor* t, const Contract* contract, int layer,
+                                          const std::vector<int64_t>* counts, int64_t arg, const std::string& tag) {
+  const auto op = static_cast<CollectiveOp>(op_code);
+  HeaderFacts f;
+  f.op = op;
+  f.seq = ++seq_;
+  f.boundary = contract ? contract->boundary : tag;
+  f.layer = layer;
+  f.policy = static_cast<int64_t>(contracts_.policy());
+  f.arg = arg;
+  Entered entered;
+  if (t) {
+    at::Tensor x = *t;
+    if (contract) {
+      x = contracts_.repair(*contract, x).first;  // what remains wrong travels in the header
+      f.declared_dtype = static_cast<int64_t>(to_wire(contract->dtype));
+      f.expected_device = contract->device ? static_cast<int64_t>(*contract->device) : -1;
+      f.expected_ndim = contract->ndim;
+    } else {
+      f.declared_dtype = static_cast<int64_t>(to_wire(x.scalar_type()));
+    }
+    if (op == CollectiveOp::kAllToAllV) f.expected_ndim = 2;
+    if (x.defined()) {
+      f.actual_dtype = static_cast<int64_t>(to_wire(x.scalar_type()));
+      f.actual_device = static_cast<int64_t>(x.device().type());
+      f.actual_ndim = x.dim();
+      f.contiguous = x.is_contiguous();
+      f.rows = op == CollectiveOp::kAllToAllV ? (x.dim() > 0 ? x.size(0) : 0) : x.numel();
+      f.row_width = op == CollectiveOp::kAllToAllV ? (x.dim() == 2 ? x.size(1) : 0) : x.numel();
+    } else {
+      f.actual_ndim = -2;  // "undefined tensor" never matches an expected ndim
+    }
+    entered.tensor = x;
+  }
+  if (counts) f.counts = *counts;
+
+  entered.info = OpInfo{op_name(op), f.boundary, f.seq, fmt::format("all {} ranks", world_)};
+  if (counts && !counts->empty() && counts->size() <= 16)
+    entered.info.peers += fmt::format(", send rows [{}]", fmt::join(*counts, ", "));
+
+  std::vector<int64_t> gathered(header_length(world_) * world_);
+  {
+    auto scope = watchdog_->watch(entered.info);
+    const auto row = pack_header(f, world_);
+    do_all_gather_i64(row.data(), static_cast<int64_t>(row.size()), gathered.data());
+  }
+  verify_headers(gathered, world_);
+  if (op == CollectiveOp::kAllToAllV) entered.recv_counts = recv_counts_from(gathered, world_, rank_);
+  return entered;
+}
+
+AllToAllResult Communicator::all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
+                                          const Contract& contract, int layer) {
+  Entered e = enter(static_cast<int>(CollectiveOp::kAllToAllV), &send, &contract, layer, &send_counts, 0, "");
+  auto scope = watchdog_->watch(e.info);
+  at::Tensor recv = do_all_to_all_v(e.tensor, send_counts, e.recv_counts, e.info);
+  return {std::move(recv), std::move(e.recv_counts)};
+}
+
+void Communicator::all_reduce(at::Tensor& t, ReduceOp op, const std::string& tag) {
+  Entered e = enter(static_cast<int>(CollectiveOp::kAllReduce), &t, nullptr, -1, nullptr,
+                    static_cast<int64_t>(op), tag);
+  auto scope = watchdog_->watch(e.info);
+  do_all_reduce(t, op, e.info);
+}
+
+at::Tensor Communicator::all_gather(const at::Tensor& t, const std::string& tag) {
+  const at::Tensor input = t.defined() ? t.contiguous() : t;
+  Entered e = enter(static_cast<int>(CollectiveOp::kAllGather), &input, nullptr, -1, nullptr, 0, tag);
+  auto scope = watchdog_->watch(e.info);
+  return do_all_gather(e.tensor, e.info);
+}
+
+void Communicator::broadcast(at::Tensor& t, int root, const std::string& tag) {
+  Entered e = enter(static_cast<int>(CollectiveOp::kBroadcast), &t, nullptr, -1, nullptr, root, tag);
+  auto scope = watchdog_->watch(e.info);
+  do_broadcast(t, root, e.info);
+}
+
+void Communicator::barrier(const std::string& tag) {
+  Entered e = enter(static_cast<int>(CollectiveOp::kBarrier), nullptr, nullptr, -1, nullptr, 0, tag);
+  auto scope = watchdog_->watch(e.info);
+  do_barrier(e.info);
+}
+
+std::vector<int64_t> Communicator::all_gather_i64(const std::vector<int64_t>& v, const std::string& tag) {
+  std::vector<int64_t> out(v.size() * world_);
+  auto scope = watchdog_->watch(OpInfo{"all_gather_i64", tag, ++seq_, fmt::format("all {} ranks", world_)});
+  do_all_gather_i64(v.data(), static_cast<int64_t>(v.size()), out.data());
+  return out;
+}
+
+void Communicator::check_agreement(uint64_t value, const std::string& what) {
+  const auto all = all_gather_i64({static_cast<int64_t>(value)}, what);
+  for (int r = 1; r < world_; ++r)
+    if (all[r] != all[0])
+      throw CommError(fmt::format("ranks disagree on {}: rank 0 has {:#018x}, rank {} has {:#018x} [raised on "
+                                  "every rank]",
+                                  what, static_cast<uint64_t>(all[0]), r, static_cast<uint64_t>(all[r])),
+                      TRUSTEP_ORIGIN, /*collective=*/true);
+}
+
+}  // namespace trustep::comm

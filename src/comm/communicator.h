@@ -1,0 +1,109 @@
+// The one interface through which ranks talk. Knows tensors, counts and dtype contracts;
+// knows nothing about experts or tokens.
+//
+// Every public collective (1) checks its arguments locally without throwing, (2) exchanges a
+// small header with all ranks (comm/wire_header.h) so that a bad argument or a contract
+// violation on any rank becomes the same error on every rank, (3) moves the data through the
+// backend, all of it under the watchdog. Backends implement only the data movement.
+#pragma once
+
+#include "comm/watchdog.h"
+#include "core/contract.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace trustep::comm {
+
+enum class Backend { kAuto, kMpi, kNccl, kSelf };
+Backend parse_backend(const std::string& name, const std::string& option);
+const char* backend_name(Backend backend);
+
+enum class ReduceOp : int64_t { kSum = 0, kMax = 1, kMin = 2 };
+
+struct CommOptions {
+  Backend backend = Backend::kAuto;
+  double timeout_s = 300;                           // watchdog limit per collective
+  ContractPolicy policy = ContractPolicy::kStrict;  // for all_to_all_v contracts
+};
+
+struct AllToAllResult {
+  at::Tensor recv;                   // [sum(recv_counts), W], rows grouped by source rank
+  std::vector<int64_t> recv_counts;  // [world] rows received from each rank
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return world_; }
+  virtual const char* name() const = 0;
+
+  // send: [N, W] rows; send_counts[p] rows go to rank p, in order; sum(send_counts) == N.
+  // `contract` declares the dtype/device/ndim of `send` (applied with the configured policy).
+  // Receives rows from every rank, grouped by source. Uneven and zero counts are normal.
+  AllToAllResult all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
+                              const Contract& contract, int layer = -1);
+
+  // In place; fp16/bf16 are reduced in fp32 on MPI. `tag` names the caller in errors.
+  void all_reduce(at::Tensor& t, ReduceOp op = ReduceOp::kSum, const std::string& tag = "");
+  // Returns [world, *t.shape].
+  at::Tensor all_gather(const at::Tensor& t, const std::string& tag = "");
+  void broadcast(at::Tensor& t, int root, const std::string& tag = "");
+  void barrier(const std::string& tag = "");
+
+  // Small host-side all-gather of int64s (world * v.size() values, rank-major), under the
+  // watchdog. Used for headers and agreement checks; every rank must pass the same length.
+  std::vector<int64_t> all_gather_i64(const std::vector<int64_t>& v, const std::string& tag = "");
+
+  // Throws the same CommError on every rank unless all ranks pass the same value.
+  void check_agreement(uint64_t value, const std::string& what);
+
+  ContractChecker& contracts() { return contracts_; }
+  Watchdog& watchdog() { return *watchdog_; }
+  int64_t collectives_started() const { return seq_; }
+
+  // Terminates every rank of the job (MPI_Abort / ncclCommAbort). Used for local errors
+  // that would otherwise leave peers waiting.
+  [[noreturn]] virtual void abort_job(int exit_code, const std::string& why) = 0;
+
+ protected:
+  Communicator(int rank, int world, const CommOptions& options);
+  // Starts the watchdog; backends call it once their abort path works.
+  void start_watchdog();
+
+  // Data movement only; arguments have been verified on all ranks. `send` is contiguous.
+  virtual at::Tensor do_all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
+                                     const std::vector<int64_t>& recv_counts, const OpInfo& info) = 0;
+  virtual void do_all_reduce(at::Tensor& t, ReduceOp op, const OpInfo& info) = 0;
+  virtual at::Tensor do_all_gather(const at::Tensor& t, const OpInfo& info) = 0;
+  virtual void do_broadcast(at::Tensor& t, int root, const OpInfo& info) = 0;
+  virtual void do_barrier(const OpInfo& info) = 0;
+  virtual void do_all_gather_i64(const int64_t* in, int64_t n, int64_t* out) = 0;
+
+ private:
+  struct Entered;
+  // Local checks + header exchange + verification. Returns the (possibly cast) send tensor.
+  Entered enter(int op, const at::Tensor* t, const Contract* contract, int layer,
+                const std::vector<int64_t>* counts, int64_t arg, const std::string& tag);
+
+  int rank_;
+  int world_;
+  CommOptions options_;
+  ContractChecker contracts_;
+  std::unique_ptr<Watchdog> watchdog_;
+  int64_t seq_ = 0;
+};
+
+// Creates the communicator for this process. `auto` picks nccl when this build has CUDA and
+// a GPU is visible, else mpi. MPI must be initialised (see comm/mpi_runtime.h) except for `self`.
+std::unique_ptr<Communicator> make_communicator(const CommOptions& options);
+
+}  // namespace trustep::comm

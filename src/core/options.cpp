@@ -1,0 +1,109 @@
+#include "core/options.h"
+
+#include "core/error.h"
+
+#include <cctype>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+namespace trustep {
+
+uint64_t fnv1a(const void* data, size_t bytes, uint64_t seed) {
+  uint64_t h = seed;
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+void add_common_options(po::options_description& desc, CommonOptions& common) {
+  desc.add_options()
+      ("help,h", "show this help and exit")
+      ("config", po::value(&common.config), "read option values from FILE.ini (command line wins)")
+      ("backend", po::value(&common.backend)->default_value(common.backend),
+       "communicator: auto (nccl for GPU tensors when present, else mpi), mpi, nccl, self")
+      ("comm-timeout", po::value(&common.comm_timeout_s)->default_value(common.comm_timeout_s),
+       "seconds a collective may take before the watchdog aborts the job")
+      ("contract-policy", po::value(&common.contract_policy)->default_value(common.contract_policy),
+       "dtype contract policy: strict (throw) or cast (cast once, count, warn once)")
+      ("log-level", po::value(&common.log_level)->default_value(common.log_level),
+       "trace, debug, info, warn, error, off");
+}
+
+ParsedCommand parse_options(const std::string& command, const po::options_description& desc,
+                            const std::vector<std::string>& args) {
+  ParsedCommand parsed;
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    parsed.help = vm.count("help") > 0;
+    if (parsed.help) return parsed;
+
+    std::string config_bytes;
+    if (vm.count("config")) {
+      const auto path = vm["config"].as<std::string>();
+      std::ifstream in(path);
+      if (!in) throw OptionError(fmt::format("{}: cannot read --config file '{}'", command, path), TRUSTEP_ORIGIN);
+      config_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      std::istringstream text(config_bytes);
+      po::store(po::parse_config_file(text, desc, /*allow_unregistered=*/false), vm);
+    }
+    po::notify(vm);
+
+    uint64_t h = fnv1a(command.data(), command.size());
+    for (const auto& a : args) h = fnv1a(a.data(), a.size() + 1, h);
+    parsed.fingerprint = fnv1a(config_bytes.data(), config_bytes.size(), h);
+  } catch (const po::error& e) {
+    throw OptionError(fmt::format("{}: {}", command, e.what()), TRUSTEP_ORIGIN);
+  }
+  return parsed;
+}
+
+std::vector<std::string> parse_word_list(const std::string& text, const std::string& option) {
+  std::vector<std::string> words;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (item.empty())
+      throw OptionError(fmt::format("invalid value '{}' for option '{}': empty list item", text, option),
+                        TRUSTEP_ORIGIN);
+    words.push_back(item);
+  }
+  if (words.empty())
+    throw OptionError(fmt::format("invalid value '{}' for option '{}': empty list", text, option), TRUSTEP_ORIGIN);
+  return words;
+}
+
+std::vector<int64_t> parse_size_list(const std::string& text, const std::string& option) {
+  std::vector<int64_t> sizes;
+  for (const auto& word : parse_word_list(text, option)) {
+    size_t used = 0;
+    long long value = -1;
+    try {
+      value = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    int64_t scale = 1;
+    if (used + 1 == word.size()) {
+      switch (std::tolower(static_cast<unsigned char>(word[used]))) {
+        case 'k': scale = int64_t{1} << 10; break;
+        case 'm': scale = int64_t{1} << 20; break;
+        case 'g': scale = int64_t{1} << 30; break;
+        default: used = 0;
+      }
+      if (used) ++used;
+    }
+    if (used != word.size() || value <= 0)
+      throw OptionError(fmt::format("invalid value '{}' for option '{}': '{}' is not a positive size "
+                                    "(e.g. 4096, 64k, 1M)",
+                                    text, option, word),
+                        TRUSTEP_ORIGIN);
+    sizes.push_back(static_cast<int64_t>(value) * scale);
+  }
+  return sizes;
+}
+
+}  // namespace trustep

@@ -1,0 +1,45 @@
+// Command-line and .ini option parsing (Boost.Program_options) shared by every subcommand.
+// Values come from the command line first, then from `--config FILE.ini`; every problem
+// becomes one OptionError naming the option (exit code 2 in the CLI).
+#pragma once
+
+#include <boost/program_options.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace trustep {
+
+namespace po = boost::program_options;
+
+// Options every subcommand accepts.
+struct CommonOptions {
+  std::string config;           // .ini file, keys are long option names
+  std::string backend = "auto"; // auto | mpi | nccl | self
+  double comm_timeout_s = 300;  // watchdog limit per collective
+  std::string contract_policy = "strict";
+  std::string log_level = "info";
+};
+void add_common_options(po::options_description& desc, CommonOptions& common);
+
+struct ParsedCommand {
+  bool help = false;
+  // FNV-1a over the arguments and the config file's bytes: equal on ranks that were given
+  // the same options, so ranks can check they agree before their first collective.
+  uint64_t fingerprint = 0;
+};
+
+// Parses `args` (the words after the subcommand) against `desc`, which must include the
+// common options. Throws OptionError: "<command>: <what is wrong with which option>".
+ParsedCommand parse_options(const std::string& command, const po::options_description& desc,
+                            const std::vector<std::string>& args);
+
+// Splits "1,2,4k,1M" into byte sizes (k/K = 1024, m/M = 1 MiB, g/G = 1 GiB). Throws OptionError.
+std::vector<int64_t> parse_size_list(const std::string& text, const std::string& option);
+// Splits "a,b,c" into words; empty items are an OptionError.
+std::vector<std::string> parse_word_list(const std::string& text, const std::string& option);
+
+uint64_t fnv1a(const void* data, size_t bytes, uint64_t seed = 1469598103934665603ULL);
+
+}  // namespace trustep
