@@ -14,8 +14,6 @@
 
 #include <fmt/ostream.h>
 
-#include <malloc.h>
-
 #include <functional>
 #include <iostream>
 #include <map>
@@ -107,17 +105,7 @@ int run_command(const std::string& name, Command& command, const std::vector<std
 
 }  // namespace
 
-// LibTorch's CPU allocator does not cache: every receive buffer is a fresh malloc. glibc
-// serves buffers above its mmap threshold with mmap/munmap, so each exchange would fault in
-// its pages again (measured: 16 MiB per peer ran at 0.16 of raw MPI_Alltoallv). Keep freed
-// buffers up to the 32 MiB maximum in the heap and never trim it, as a caching allocator would.
-void keep_freed_buffers() {
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
-
 int main(int argc, char** argv) {
-  keep_freed_buffers();
   std::vector<std::string> words(argv + 1, argv + argc);
   if (words.empty()) {
     print_usage(std::cerr);

@@ -4,7 +4,10 @@
 #include "core/dtype.h"
 #include "core/error.h"
 
+#include <ATen/ops/empty.h>
 #include <fmt/ranges.h>
+
+#include <numeric>
 
 namespace trustep::comm {
 
@@ -95,10 +98,22 @@ Communicator::Entered Communicator::enter(int op_code, const at::Tensor* t, cons
 }
 
 AllToAllResult Communicator::all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
-                                          const Contract& contract, int layer) {
+                                          const Contract& contract, int layer, at::Tensor* recv_buffer) {
   Entered e = enter(static_cast<int>(CollectiveOp::kAllToAllV), &send, &contract, layer, &send_counts, 0, "");
+  const int64_t rows = std::accumulate(e.recv_counts.begin(), e.recv_counts.end(), int64_t{0});
+  const int64_t width = e.tensor.size(1);
+  at::Tensor recv;
+  if (recv_buffer) {
+    at::Tensor& buf = *recv_buffer;
+    if (!buf.defined() || buf.dim() != 2 || buf.size(1) != width || buf.size(0) < rows ||
+        buf.scalar_type() != e.tensor.scalar_type() || buf.device() != e.tensor.device() || !buf.is_contiguous())
+      buf = at::empty({rows + rows / 4, width}, e.tensor.options());  // 25% headroom for uneven steps
+    recv = buf.narrow(0, 0, rows);
+  } else {
+    recv = at::empty({rows, width}, e.tensor.options());
+  }
   auto scope = watchdog_->watch(e.info);
-  at::Tensor recv = do_all_to_all_v(e.tensor, send_counts, e.recv_counts, e.info);
+  do_all_to_all_v(e.tensor, send_counts, e.recv_counts, recv, e.info);
   return {std::move(recv), std::move(e.recv_counts)};
 }
 

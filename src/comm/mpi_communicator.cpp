@@ -8,7 +8,6 @@
 #include <ATen/ops/empty.h>
 
 #include <climits>
-#include <numeric>
 
 namespace trustep::comm {
 namespace {
@@ -93,13 +92,12 @@ void MpiCommunicator::abort_job(int exit_code, const std::string& why) {
   abort_world(exit_code);
 }
 
-at::Tensor MpiCommunicator::do_all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
-                                            const std::vector<int64_t>& recv_counts, const OpInfo& info) {
+void MpiCommunicator::do_all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
+                                      const std::vector<int64_t>& recv_counts, at::Tensor& recv, const OpInfo& info) {
   const at::Tensor host = to_host(send);
-  const int64_t width = host.size(1);
-  const int64_t row_bytes = width * static_cast<int64_t>(host.element_size());
-  const int64_t recv_rows = std::accumulate(recv_counts.begin(), recv_counts.end(), int64_t{0});
-  at::Tensor recv = at::empty({recv_rows, width}, host.options());
+  at::Tensor host_recv = recv.is_cpu() ? recv : at::empty(recv.sizes(), host.options());
+  const int64_t row_bytes = host.size(1) * static_cast<int64_t>(host.element_size());
+  const int64_t recv_rows = host_recv.size(0);
   if (row_bytes > 0) {
     const Unit unit(std::max(host.size(0), recv_rows) * row_bytes, row_bytes);
     std::vector<int> sc(size()), sd(size()), rc(size()), rd(size());
@@ -112,11 +110,11 @@ at::Tensor MpiCommunicator::do_all_to_all_v(const at::Tensor& send, const std::v
       soff += send_counts[p];
       roff += recv_counts[p];
     }
-    check_mpi(MPI_Alltoallv(host.data_ptr(), sc.data(), sd.data(), unit.type, recv.data_ptr(), rc.data(),
+    check_mpi(MPI_Alltoallv(host.data_ptr(), sc.data(), sd.data(), unit.type, host_recv.data_ptr(), rc.data(),
                             rd.data(), unit.type, comm_),
               "MPI_Alltoallv", &info);
   }
-  return send.is_cpu() ? recv : recv.to(send.device());
+  if (!recv.is_cpu()) recv.copy_(host_recv);
 }
 
 void MpiCommunicator::do_all_reduce(at::Tensor& t, ReduceOp op, const OpInfo& info) {

@@ -13,7 +13,6 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include <numeric>
 
 namespace trustep::comm {
 namespace {
@@ -81,14 +80,11 @@ class NcclCommunicator : public MpiCommunicator {
   }
 
  protected:
-  at::Tensor do_all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
-                             const std::vector<int64_t>& recv_counts, const OpInfo& info) override {
-    if (!send.is_cuda()) return MpiCommunicator::do_all_to_all_v(send, send_counts, recv_counts, info);
+  void do_all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
+                       const std::vector<int64_t>& recv_counts, at::Tensor& recv, const OpInfo& info) override {
+    if (!send.is_cuda()) return MpiCommunicator::do_all_to_all_v(send, send_counts, recv_counts, recv, info);
     c10::cuda::CUDAGuard guard(send.device());
-    const int64_t width = send.size(1);
-    const int64_t row_bytes = width * static_cast<int64_t>(send.element_size());
-    const int64_t recv_rows = std::accumulate(recv_counts.begin(), recv_counts.end(), int64_t{0});
-    at::Tensor recv = at::empty({recv_rows, width}, send.options());
+    const int64_t row_bytes = send.size(1) * static_cast<int64_t>(send.element_size());
     auto stream = at::cuda::getCurrentCUDAStream();
     const auto* sbuf = static_cast<const char*>(send.data_ptr());  // [N, W] rows grouped by destination
     auto* rbuf = static_cast<char*>(recv.data_ptr());              // [R, W] rows grouped by source
@@ -106,7 +102,6 @@ class NcclCommunicator : public MpiCommunicator {
     }
     check_nccl(ncclGroupEnd(), "ncclGroupEnd", nccl_, &info);
     watch_stream(info, stream);
-    return recv;
   }
 
   void do_all_reduce(at::Tensor& t, ReduceOp op, const OpInfo& info) override {

@@ -12,8 +12,8 @@ class SelfCommunicator : public Communicator {
   [[noreturn]] void abort_job(int exit_code, const std::string& why) override;
 
  protected:
-  at::Tensor do_all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
-                             const std::vector<int64_t>& recv_counts, const OpInfo& info) override;
+  void do_all_to_all_v(const at::Tensor& send, const std::vector<int64_t>& send_counts,
+                       const std::vector<int64_t>& recv_counts, at::Tensor& recv, const OpInfo& info) override;
   void do_all_reduce(at::Tensor& t, ReduceOp op, const OpInfo& info) override;
   at::Tensor do_all_gather(const at::Tensor& t, const OpInfo& info) override;
   void do_broadcast(at::Tensor& t, int root, const OpInfo& info) override;
