@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything trustep needs on a fresh Debian machine and builds it.
+# Idempotent: a second run only checks (seconds) and rebuilds what changed (ninja + ccache).
+#   Debian packages: compilers, CMake/Ninja, ccache, OpenMPI, Boost.Program_options, GoogleTest,
+#                    spdlog/fmt, nlohmann-json, SQLite, OpenBLAS
+#   .venv/         : the pinned torch wheel from PyPI (LibTorch for C++, found by CMake)
+#   build/         : cmake -S . -B build -G Ninja && ninja
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+TORCH_VERSION="2.15.0"   # pinned: bump deliberately, rebuild from scratch
+BUILD_DIR="${TRUSTEP_BUILD_DIR:-build}"
+packages=(build-essential cmake ninja-build ccache pkg-config
+          openmpi-bin libopenmpi-dev libboost-program-options-dev
+          libgtest-dev libgmock-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libsqlite3-dev
+          libopenblas0-pthread python3 python3-venv)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  log "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+py="$root/.venv/bin/python"
+if ! ls "$root"/.venv/lib/python3*/site-packages/torch-"$TORCH_VERSION".dist-info >/dev/null 2>&1; then
+  log "creating .venv with torch==$TORCH_VERSION (LibTorch for C++; ~5 GB with its CUDA runtime wheels)"
+  python3 -m venv "$root/.venv"
+  "$py" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+fi
+ninja -C "$BUILD_DIR" -j"${TRUSTEP_JOBS:-2}"
+log "ready: $BUILD_DIR/bin/trustep"

@@ -1,0 +1,104 @@
+#include "core/error.h"
+#include "core/options.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+
+namespace trustep {
+namespace {
+
+struct Parsed {
+  CommonOptions common;
+  int64_t hidden = 7;
+  std::string dtype = "bf16";
+  po::options_description desc{"test"};
+  Parsed() {
+    add_common_options(desc, common);
+    desc.add_options()("hidden", po::value(&hidden)->default_value(hidden), "")("dtype", po::value(&dtype), "");
+  }
+  ParsedCommand parse(const std::vector<std::string>& args) { return parse_options("bench comm", desc, args); }
+};
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const OptionError& e) {
+    return e.what();
+  }
+  return "no OptionError";
+}
+
+std::string write_ini(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(Options, CommandLineValuesAndDefaults) {
+  Parsed p;
+  p.parse({"--hidden", "64", "--backend", "mpi"});
+  EXPECT_EQ(p.hidden, 64);
+  EXPECT_EQ(p.common.backend, "mpi");
+  EXPECT_EQ(p.common.comm_timeout_s, 300);
+  EXPECT_EQ(p.common.contract_policy, "strict");
+}
+
+TEST(Options, HelpStopsBeforeValidation) {
+  Parsed p;
+  EXPECT_TRUE(p.parse({"--help", "--hidden", "64"}).help);
+}
+
+TEST(Options, UnknownOptionIsNamed) {
+  Parsed p;
+  EXPECT_EQ(error_of([&] { p.parse({"--hiden", "3"}); }), "bench comm: unrecognised option '--hiden'");
+}
+
+TEST(Options, BadValueIsNamed) {
+  Parsed p;
+  const std::string e = error_of([&] { p.parse({"--hidden", "wide"}); });
+  EXPECT_NE(e.find("'--hidden'"), std::string::npos) << e;
+  EXPECT_NE(e.find("wide"), std::string::npos) << e;
+}
+
+TEST(Options, ConfigFileSuppliesValuesAndCommandLineWins) {
+  const auto ini = write_ini("cfg.ini", "# preset\nhidden = 128\ndtype = fp16\n");
+  Parsed p;
+  p.parse({"--config", ini, "--hidden", "32"});
+  EXPECT_EQ(p.hidden, 32);
+  EXPECT_EQ(p.dtype, "fp16");
+}
+
+TEST(Options, UnknownConfigKeyAndMissingFileAreNamed) {
+  const auto ini = write_ini("bad.ini", "hidden = 1\nwidth = 3\n");
+  Parsed p;
+  EXPECT_EQ(error_of([&] { p.parse({"--config", ini}); }), "bench comm: unrecognised option 'width'");
+  Parsed q;
+  EXPECT_EQ(error_of([&] { q.parse({"--config", "/no/such.ini"}); }),
+            "bench comm: cannot read --config file '/no/such.ini'");
+}
+
+TEST(Options, FingerprintFollowsArgumentsAndConfigContents) {
+  const auto a = write_ini("a.ini", "hidden = 1\n");
+  const auto b = write_ini("b.ini", "hidden = 2\n");
+  Parsed p1, p2, p3, p4;
+  const uint64_t fa = p1.parse({"--config", a}).fingerprint;
+  EXPECT_EQ(fa, p2.parse({"--config", a}).fingerprint);
+  EXPECT_NE(fa, p3.parse({"--config", b}).fingerprint);
+  EXPECT_NE(fa, p4.parse({"--config", a, "--hidden", "1"}).fingerprint);
+}
+
+TEST(Options, SizeLists) {
+  EXPECT_EQ(parse_size_list("1,4k,2M,1g", "--sizes"),
+            (std::vector<int64_t>{1, 4096, 2 << 20, int64_t{1} << 30}));
+  EXPECT_EQ(error_of([] { parse_size_list("4k,,8k", "--sizes"); }),
+            "invalid value '4k,,8k' for option '--sizes': empty list item");
+  EXPECT_NE(error_of([] { parse_size_list("4x", "--sizes"); }).find("'4x' is not a positive size"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { parse_size_list("-4", "--sizes"); }).find("not a positive size"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_size_list("0", "--sizes"); }).find("not a positive size"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace trustep
