@@ -14,6 +14,8 @@
 
 #include <fmt/ostream.h>
 
+#include <unistd.h>
+
 #include <functional>
 #include <iostream>
 #include <map>
@@ -50,8 +52,10 @@ void print_version() {
   fmt::print("trustep {} ({}), contract version {}\n", TRUSTEP_VERSION, cuda, kContractVersion);
 }
 
+// One write(2) per line: under mpirun every rank prints it and pieces must not interleave.
 int usage_error(const std::string& message) {
-  std::cerr << "trustep: error: " << message << "\n";
+  const std::string line = "trustep: error: " + message + "\n";
+  [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, line.data(), line.size());
   return kExitUsage;
 }
 

@@ -5,7 +5,6 @@
 #include "core/error.h"
 
 #include <ATen/ops/empty.h>
-#include <fmt/ranges.h>
 
 #include <numeric>
 
@@ -82,9 +81,7 @@ Communicator::Entered Communicator::enter(int op_code, const at::Tensor* t, cons
   }
   if (counts) f.counts = *counts;
 
-  entered.info = OpInfo{op_name(op), f.boundary, f.seq, fmt::format("all {} ranks", world_)};
-  if (counts && !counts->empty() && counts->size() <= 16)
-    entered.info.peers += fmt::format(", send rows [{}]", fmt::join(*counts, ", "));
+  entered.info = OpInfo{op_name(op), f.boundary, f.seq, world_, f.counts};
 
   std::vector<int64_t> gathered(header_length(world_) * world_);
   {
@@ -145,7 +142,7 @@ void Communicator::barrier(const std::string& tag) {
 
 std::vector<int64_t> Communicator::all_gather_i64(const std::vector<int64_t>& v, const std::string& tag) {
   std::vector<int64_t> out(v.size() * world_);
-  auto scope = watchdog_->watch(OpInfo{"all_gather_i64", tag, ++seq_, fmt::format("all {} ranks", world_)});
+  auto scope = watchdog_->watch(OpInfo{"all_gather_i64", tag, ++seq_, world_, {}});
   do_all_gather_i64(v.data(), static_cast<int64_t>(v.size()), out.data());
   return out;
 }

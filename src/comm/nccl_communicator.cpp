@@ -62,7 +62,7 @@ class NcclCommunicator : public MpiCommunicator {
     ncclUniqueId id;
     if (rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId", nullptr);
     check_mpi(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm()), "MPI_Bcast (NCCL unique id)");
-    auto scope = watchdog().watch(OpInfo{"ncclCommInitRank", "", 0, fmt::format("all {} ranks", size())});
+    auto scope = watchdog().watch(OpInfo{"ncclCommInitRank", "", 0, size(), {}});
     check_nccl(ncclCommInitRank(&nccl_, size(), id, rank()), "ncclCommInitRank", nullptr);
     log::debug("nccl communicator ready on cuda:{} (node-local rank {})", device_, mpi_local_rank());
   }

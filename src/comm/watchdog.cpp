@@ -3,6 +3,8 @@
 #include "core/error.h"
 #include "core/log.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 
 namespace trustep::comm {
@@ -72,11 +74,14 @@ void Watchdog::loop() {
 
 void Watchdog::fire(const Pending& op, double waited_s) {
   std::string boundary = op.info.boundary.empty() ? "" : fmt::format(" at boundary '{}'", op.info.boundary);
+  std::string peers = fmt::format("all {} ranks", op.info.world);
+  if (!op.info.send_counts.empty() && op.info.send_counts.size() <= 16)
+    peers += fmt::format(", sending rows [{}]", fmt::join(op.info.send_counts, ", "));
   std::string explanation = fmt::format(
       "watchdog: rank {}: collective {} #{}{} (peers: {}) has not finished after {:.1f} s "
       "(--comm-timeout {} s). A peer probably skipped this collective, is stuck in another one, "
       "or died. Aborting the whole job.",
-      rank_, op.info.op, op.info.seq, boundary, op.info.peers, waited_s, timeout_s_);
+      rank_, op.info.op, op.info.seq, boundary, peers, waited_s, timeout_s_);
   log::error("{}", explanation);
   abort_(explanation);
 }

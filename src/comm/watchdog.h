@@ -11,14 +11,17 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace trustep::comm {
 
+// What a collective is, kept cheap to build (once per call); formatted only if the watchdog fires.
 struct OpInfo {
-  std::string op;        // "all_to_all_v", "all_reduce", ...
-  std::string boundary;  // contract boundary or caller tag; may be empty
-  int64_t seq = 0;       // this rank's collective sequence number
-  std::string peers;     // e.g. "all 4 ranks" or "ranks 0-3, send rows [3, 0, 5, 1]"
+  const char* op = "";              // "all_to_all_v", "all_reduce", ... (static strings)
+  std::string boundary;             // contract boundary or caller tag; may be empty
+  int64_t seq = 0;                  // this rank's collective sequence number
+  int world = 1;                    // every collective spans all ranks of the communicator
+  std::vector<int64_t> send_counts; // all-to-all: rows this rank sends to each peer
 };
 
 class Watchdog {

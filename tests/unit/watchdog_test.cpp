@@ -37,11 +37,11 @@ bool wait_for(const std::function<bool()>& cond, std::chrono::milliseconds limit
 TEST(Watchdog, ExplainsAnOverdueCollective) {
   Fired fired;
   Watchdog dog(3, 0.1, fired.fn());
-  auto scope = dog.watch(OpInfo{"all_reduce", "trust.sums", 42, "all 4 ranks"});
+  auto scope = dog.watch(OpInfo{"all_to_all_v", "dispatch.send", 42, 4, {3, 0, 5, 1}});
   ASSERT_TRUE(wait_for([&] { return fired.count > 0; }, 5000ms));
   std::lock_guard<std::mutex> lock(fired.mutex);
-  EXPECT_NE(fired.explanation.find("watchdog: rank 3: collective all_reduce #42 at boundary 'trust.sums' (peers: "
-                                   "all 4 ranks) has not finished after"),
+  EXPECT_NE(fired.explanation.find("watchdog: rank 3: collective all_to_all_v #42 at boundary 'dispatch.send' "
+                                   "(peers: all 4 ranks, sending rows [3, 0, 5, 1]) has not finished after"),
             fired.explanation.npos)
       << fired.explanation;
   EXPECT_NE(fired.explanation.find("--comm-timeout 0.1 s"), fired.explanation.npos);
@@ -52,7 +52,7 @@ TEST(Watchdog, QuietWhenCollectivesFinishInTime) {
   {
     Watchdog dog(0, 0.2, fired.fn());
     for (int i = 0; i < 5; ++i) {
-      auto scope = dog.watch(OpInfo{"barrier", "", i, "all 2 ranks"});
+      auto scope = dog.watch(OpInfo{"barrier", "", i, 2, {}});
       std::this_thread::sleep_for(10ms);
     }
     EXPECT_EQ(dog.pending(), 0);
@@ -65,7 +65,7 @@ TEST(Watchdog, FollowsAsyncWorkUntilDone) {
   Fired fired;
   std::atomic<bool> done{false};
   Watchdog dog(1, 0.3, fired.fn());
-  dog.watch_async(OpInfo{"all_to_all_v", "dispatch.send", 1, "all 2 ranks"}, [&] { return done.load(); });
+  dog.watch_async(OpInfo{"all_to_all_v", "dispatch.send", 1, 2, {1, 1}}, [&] { return done.load(); });
   EXPECT_EQ(dog.pending(), 1);
   done = true;
   ASSERT_TRUE(wait_for([&] { return dog.pending() == 0; }, 2000ms));
@@ -76,7 +76,7 @@ TEST(Watchdog, FollowsAsyncWorkUntilDone) {
 TEST(Watchdog, AsyncWorkThatNeverFinishesFires) {
   Fired fired;
   Watchdog dog(1, 0.1, fired.fn());
-  dog.watch_async(OpInfo{"all_reduce", "grads", 9, "all 2 ranks"}, [] { return false; });
+  dog.watch_async(OpInfo{"all_reduce", "grads", 9, 2, {}}, [] { return false; });
   ASSERT_TRUE(wait_for([&] { return fired.count > 0; }, 5000ms));
   EXPECT_EQ(fired.count, 1);
 }
