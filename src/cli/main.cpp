@@ -75,6 +75,7 @@ int run_command(const std::string& name, Command& command, const std::vector<std
       return kExitOk;
     }
     comm_options.backend = comm::parse_backend(common.backend, "--backend");
+    comm::require_backend_built(comm_options.backend);
     comm_options.policy = parse_policy(common.contract_policy, "--contract-policy");
     TRUSTEP_CHECK_AS(OptionError, common.comm_timeout_s > 0,
                      "invalid value '{}' for option '--comm-timeout': must be > 0", common.comm_timeout_s);

@@ -110,5 +110,8 @@ class Communicator {
 // Creates the communicator for this process. `auto` picks nccl when this build has CUDA and
 // a GPU is visible, else mpi. MPI must be initialised (see comm/mpi_runtime.h) except for `self`.
 std::unique_ptr<Communicator> make_communicator(const CommOptions& options);
+// Throws OptionError when this build cannot provide `backend` (nccl without CUDA). Needs no MPI,
+// so the CLI calls it with the other option checks, before any rank starts talking.
+void require_backend_built(Backend backend);
 
 }  // namespace trustep::comm

@@ -10,7 +10,19 @@
 
 namespace trustep::comm {
 
+void require_backend_built(Backend backend) {
+#ifndef TRUSTEP_HAVE_CUDA
+  if (backend == Backend::kNccl)
+    throw OptionError("invalid value 'nccl' for option '--backend': this build has no CUDA/NCCL "
+                      "(see the CMake summary); use mpi",
+                      TRUSTEP_ORIGIN);
+#else
+  (void)backend;
+#endif
+}
+
 std::unique_ptr<Communicator> make_communicator(const CommOptions& options) {
+  require_backend_built(options.backend);
   switch (options.backend) {
     case Backend::kSelf:
       return std::make_unique<SelfCommunicator>(options);
@@ -20,9 +32,7 @@ std::unique_ptr<Communicator> make_communicator(const CommOptions& options) {
 #ifdef TRUSTEP_HAVE_CUDA
       return make_nccl_communicator(options);
 #else
-      throw OptionError("invalid value 'nccl' for option '--backend': this build has no CUDA/NCCL "
-                        "(see the CMake summary); use mpi",
-                        TRUSTEP_ORIGIN);
+      break;  // not reached: require_backend_built threw
 #endif
     case Backend::kAuto:
 #ifdef TRUSTEP_HAVE_CUDA
