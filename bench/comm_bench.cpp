@@ -165,8 +165,8 @@ int run_comm_bench(comm::Communicator& comm, const CommBenchOptions& o) {
           sync_world();
           const auto t0 = Clock::now();
           if (ours_now) {
-            auto r = comm.all_to_all_v(send, counts, contract, -1, &recv_buffer);
-            if (on_gpu) r.recv.cpu();  // wait for the stream
+            comm.all_to_all_v(send, counts, contract, -1, &recv_buffer);
+            comm.synchronize();  // NCCL: wait for the stream, not just the enqueue
           } else {
             raw.run();
           }

@@ -70,6 +70,10 @@ class Communicator {
   // Throws the same CommError on every rank unless all ranks pass the same value.
   void check_agreement(uint64_t value, const std::string& what);
 
+  // Waits until this rank's collectives have finished on the device (NCCL runs them on the
+  // current CUDA stream); a no-op for host backends, whose collectives are synchronous.
+  virtual void synchronize() {}
+
   ContractChecker& contracts() { return contracts_; }
   Watchdog& watchdog() { return *watchdog_; }
   int64_t collectives_started() const { return seq_; }

@@ -1,6 +1,7 @@
 #include "comm/mpi_runtime.h"
 
 #include "core/error.h"
+#include "core/log.h"
 
 #include <cstdlib>
 
@@ -18,6 +19,10 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   // Errors come back as codes we turn into exceptions, instead of aborting inside MPI.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   owns_ = true;
+  if (provided_ < MPI_THREAD_MULTIPLE)
+    log::warn("MPI provides thread level {} < MPI_THREAD_MULTIPLE: a watchdog abort from its own thread may "
+              "not stop the job cleanly",
+              provided_);
 }
 
 MpiSession::~MpiSession() {

@@ -56,7 +56,14 @@ class NcclCommunicator : public MpiCommunicator {
  public:
   explicit NcclCommunicator(const CommOptions& options) : MpiCommunicator(options) {
     const int devices = static_cast<int>(c10::cuda::device_count());
-    TRUSTEP_CHECK_AS(CommError, devices > 0, "backend nccl: no CUDA device is visible on rank {}", rank());
+    // Decide together: a rank without a GPU must not leave the others in the id broadcast.
+    int fewest = devices;
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, &fewest, 1, MPI_INT, MPI_MIN, comm()), "MPI_Allreduce (GPU check)");
+    if (fewest == 0)
+      throw CommError(fmt::format("backend nccl: a rank sees no CUDA device (this rank sees {}) [raised on every "
+                                  "rank]",
+                                  devices),
+                      TRUSTEP_ORIGIN, /*collective=*/true);
     device_ = mpi_local_rank() % devices;
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(device_));
     ncclUniqueId id;
@@ -72,6 +79,8 @@ class NcclCommunicator : public MpiCommunicator {
   }
 
   const char* name() const override { return "nccl"; }
+
+  void synchronize() override { check_cuda(cudaStreamSynchronize(at::cuda::getCurrentCUDAStream()), "cudaStreamSynchronize"); }
 
   [[noreturn]] void abort_job(int exit_code, const std::string& why) override {
     if (nccl_) ncclCommAbort(nccl_);  // releases peers blocked inside NCCL kernels

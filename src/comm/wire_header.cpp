@@ -32,6 +32,12 @@ std::string where(const HeaderFacts& h, int rank) {
   return s + fmt::format(" on rank {}", rank);
 }
 
+std::string arg_name(const HeaderFacts& h) {
+  if (h.op != CollectiveOp::kAllReduce) return std::to_string(h.arg);
+  static const char* kOps[] = {"sum", "max", "min"};
+  return h.arg >= 0 && h.arg < 3 ? kOps[h.arg] : std::to_string(h.arg);
+}
+
 [[noreturn]] void fail_comm(const std::string& message) {
   throw CommError(message + " [raised on every rank]", TRUSTEP_ORIGIN, /*collective=*/true);
 }
@@ -77,7 +83,7 @@ std::vector<int64_t> pack_header(const HeaderFacts& f, int world) {
   row[kFRows] = f.rows;
   row[kFRowWidth] = f.row_width;
   row[kFArg] = f.arg;
-  std::memcpy(&row[kFName], f.boundary.data(), std::min<size_t>(f.boundary.size(), kBoundaryChars - 1));
+  std::memcpy(&row[kFName], f.boundary.data(), std::min<size_t>(f.boundary.size(), kBoundaryChars));
   row[kFCountsLen] = static_cast<int64_t>(f.counts.size());
   for (size_t i = 0; i < f.counts.size() && i < static_cast<size_t>(world); ++i) row[kFCounts + i] = f.counts[i];
   return row;
@@ -183,7 +189,8 @@ void verify_headers(const std::vector<int64_t>& gathered, int world) {
                             h[r].rows));
     if (!is_a2a && h[r].arg != ref.arg)
       fail_comm(fmt::format("{}: rank 0 passes {} {}, rank {} passes {}", where(ref, 0),
-                            ref.op == CollectiveOp::kBroadcast ? "root" : "reduce op", ref.arg, r, h[r].arg));
+                            ref.op == CollectiveOp::kBroadcast ? "root" : "reduce op", arg_name(ref), r,
+                            arg_name(h[r])));
   }
   if (ref.op == CollectiveOp::kBroadcast && (ref.arg < 0 || ref.arg >= world))
     fail_comm(fmt::format("{}: root {} is not a rank of this world of {}", where(ref, 0), ref.arg, world));

@@ -17,7 +17,7 @@ const char* op_name(CollectiveOp op);
 struct HeaderFacts {
   CollectiveOp op = CollectiveOp::kBarrier;
   int64_t seq = 0;             // collective sequence number on this rank
-  std::string boundary;        // at most kBoundaryChars characters travel
+  std::string boundary;        // the first kBoundaryChars characters travel
   int64_t layer = -1;
   int64_t declared_dtype = 0;  // WireDtype codes
   int64_t actual_dtype = 0;

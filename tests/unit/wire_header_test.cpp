@@ -61,7 +61,7 @@ TEST(WireHeader, PackUnpackRoundTrip) {
   const auto row = pack_header(f, 4);
   ASSERT_EQ(static_cast<int64_t>(row.size()), header_length(4));
   const HeaderFacts g = unpack_header(row.data(), 4);
-  EXPECT_EQ(g.boundary, f.boundary.substr(0, kBoundaryChars - 1));
+  EXPECT_EQ(g.boundary, f.boundary.substr(0, kBoundaryChars));
   EXPECT_EQ(g.seq, 7);
   EXPECT_EQ(g.layer, 2);
   EXPECT_EQ(g.counts, f.counts);
@@ -164,6 +164,10 @@ TEST(WireHeader, ReductionsNeedEqualSizesAndArguments) {
   EXPECT_NE(error_of<CommError>(facts).find("rank 0 passes root 1, rank 1 passes 0"), std::string::npos);
   facts[0].arg = facts[1].arg = 2;
   EXPECT_NE(error_of<CommError>(facts).find("root 2 is not a rank of this world of 2"), std::string::npos);
+  for (auto& f : facts) f.op = CollectiveOp::kAllReduce;
+  facts[0].arg = 0;
+  facts[1].arg = 1;
+  EXPECT_NE(error_of<CommError>(facts).find("rank 0 passes reduce op sum, rank 1 passes max"), std::string::npos);
 }
 
 TEST(WireHeader, SameInputGivesSameMessageWhoeverVerifies) {
