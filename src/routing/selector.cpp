@@ -245,6 +245,18 @@ Selector::Selector(const SelectorConfig& config, c10::Device device) : config_(c
   generator_.set_current_seed(config.seed);
 }
 
+std::pair<at::Tensor, at::Tensor> Selector::pick(const at::Tensor& scores, const SelectorInputs& in,
+                                                 SelectorImpl impl) const {
+  if (impl == SelectorImpl::kTorchOps) return pick_experts_torch(config_, scores, in);
+  if (scores.is_cpu()) return pick_experts_fused(config_, scores, in);
+#ifdef TRUSTEP_HAVE_CUDA
+  if (scores.is_cuda() && fused_cuda_supports(config_)) return pick_experts_cuda(config_, scores, in);
+#endif
+  TRUSTEP_CHECK(impl == SelectorImpl::kAuto, "selector: no fused kernel for {} tensors with k = {}, E = {}",
+                scores.device().str(), config_.top_k, config_.experts);
+  return pick_experts_torch(config_, scores, in);
+}
+
 Selection Selector::select(const SelectorInputs& in, SelectorImpl impl) {
   const int64_t E = config_.experts, k = config_.top_k;
   check_tensor(in.probs, "probs", at::kFloat, {in.probs.defined() ? in.probs.size(0) : 0, E});
@@ -262,9 +274,7 @@ Selection Selector::select(const SelectorInputs& in, SelectorImpl impl) {
     explore = at::rand({T}, generator_, opts) < config_.epsilon;
   const at::Tensor scores = selection_scores(config_, in, explore).contiguous();
 
-  const bool fused = impl == SelectorImpl::kFused || (impl == SelectorImpl::kAuto && in.probs.is_cpu());
-  auto [experts, substituted] =
-      fused ? pick_experts_fused(config_, scores, in) : pick_experts_torch(config_, scores, in);
+  auto [experts, substituted] = pick(scores, in, impl);
   const at::Tensor unfilled = experts < 0;
   auto [dropped, rerouted] = apply_capacity(config_, scores, in, experts);
 

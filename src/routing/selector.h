@@ -75,6 +75,8 @@ class Selector {
   Selection select(const SelectorInputs& in, SelectorImpl impl = SelectorImpl::kAuto);
 
  private:
+  std::pair<at::Tensor, at::Tensor> pick(const at::Tensor& scores, const SelectorInputs& in, SelectorImpl impl) const;
+
   SelectorConfig config_;
   at::Generator generator_;  // on the tokens' device, seeded: exploration is reproducible
 };
@@ -92,6 +94,12 @@ std::pair<at::Tensor, at::Tensor> pick_experts_fused(const SelectorConfig& confi
 // Applies the overflow policy in place on experts [T, k]; returns (dropped, rerouted) [T, k] bool.
 std::pair<at::Tensor, at::Tensor> apply_capacity(const SelectorConfig& config, const at::Tensor& scores,
                                                  const SelectorInputs& in, at::Tensor& experts);
+#ifdef TRUSTEP_HAVE_CUDA
+// The CUDA kernel (src/cuda/select_kernel.cu); supports k <= 32 and E <= 4096.
+std::pair<at::Tensor, at::Tensor> pick_experts_cuda(const SelectorConfig& config, const at::Tensor& scores,
+                                                    const SelectorInputs& in);
+bool fused_cuda_supports(const SelectorConfig& config);
+#endif
 int64_t expert_capacity(const SelectorConfig& config, int64_t tokens);
 // probs [T, E] → weights [T, k]: probs at the used slots renormalised per token (autograd-aware).
 at::Tensor gate_weights(const at::Tensor& probs, const at::Tensor& experts);

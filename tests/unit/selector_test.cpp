@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "routing/selector.h"
 
+#include <ATen/Context.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/ones.h>
@@ -473,6 +474,38 @@ TEST(Selector, BadConfigurationsAreClearErrors) {
   EXPECT_THROW(sel.select(in), Error);  // blend needs trust
   in.trust = at::rand({4, 7}, at::kFloat);
   EXPECT_THROW(sel.select(in), Error);  // wrong shape
+}
+
+}  // namespace
+}  // namespace trustep::routing
+
+namespace trustep::routing {
+namespace {
+
+// The CUDA kernel against the torch-op path on the GPU (and the CPU result), when a GPU exists.
+TEST(SelectorCuda, FusedKernelMatchesTorchOps) {
+#ifndef TRUSTEP_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA";
+#else
+  if (!at::globalContext().hasCUDA()) GTEST_SKIP() << "no CUDA device visible on this machine";
+  std::mt19937 rng(11);
+  for (auto [E, k] : {std::pair<int64_t, int64_t>{8, 2}, {64, 8}, {128, 8}, {6, 6}})
+    for (bool avail : {false, true}) {
+      auto cfg = config(SelectorMode::kBlend, E, k);
+      cfg.substitute_min_trust = avail ? 0.25 : 0.0;
+      const Case c = random_case(rng, 300, E, avail, avail, true);
+      SelectorInputs cpu = inputs(c), gpu = inputs(c);
+      for (at::Tensor* t : {&gpu.probs, &gpu.trust, &gpu.trusted, &gpu.bias, &gpu.available, &gpu.cluster})
+        if (t->defined()) *t = t->cuda();
+      Selector on_gpu(cfg, c10::Device(c10::kCUDA)), on_cpu(cfg, c10::Device(c10::kCPU));
+      const Selection fused = on_gpu.select(gpu, SelectorImpl::kFused);
+      const Selection ops = on_gpu.select(gpu, SelectorImpl::kTorchOps);
+      const Selection host = on_cpu.select(cpu, SelectorImpl::kFused);
+      EXPECT_TRUE(fused.experts.cpu().equal(ops.experts.cpu())) << "E=" << E << " k=" << k;
+      EXPECT_TRUE(fused.experts.cpu().equal(host.experts)) << "E=" << E << " k=" << k;
+      EXPECT_TRUE(at::allclose(fused.weights.cpu(), host.weights, 1e-6, 1e-6));
+    }
+#endif
 }
 
 }  // namespace
