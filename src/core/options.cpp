@@ -34,11 +34,14 @@ void add_common_options(po::options_description& desc, CommonOptions& common) {
 }
 
 ParsedCommand parse_options(const std::string& command, const po::options_description& desc,
-                            const std::vector<std::string>& args) {
+                            const std::vector<std::string>& args, const po::positional_options_description* positional) {
   ParsedCommand parsed;
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    po::command_line_parser parser(args);
+    parser.options(desc);
+    if (positional) parser.positional(*positional);
+    po::store(parser.run(), vm);
     parsed.help = vm.count("help") > 0;
     if (parsed.help) return parsed;
 

@@ -33,7 +33,8 @@ struct ParsedCommand {
 // Parses `args` (the words after the subcommand) against `desc`, which must include the
 // common options. Throws OptionError: "<command>: <what is wrong with which option>".
 ParsedCommand parse_options(const std::string& command, const po::options_description& desc,
-                            const std::vector<std::string>& args);
+                            const std::vector<std::string>& args,
+                            const po::positional_options_description* positional = nullptr);
 
 // Splits "1,2,4k,1M" into byte sizes (k/K = 1024, m/M = 1 MiB, g/G = 1 GiB). Throws OptionError.
 std::vector<int64_t> parse_size_list(const std::string& text, const std::string& option);

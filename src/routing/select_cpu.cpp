@@ -1,9 +1,9 @@
-// The fused CPU kernel of expert picking: for each token (in parallel over tokens), ideal
-// top-k by score with ties to the lower index, then substitution of unavailable experts; the
-// same rules as pick_experts_torch (docs/routing.md), in one pass over each token's scores.
+// The fused CPU kernel of expert picking: tokens in parallel, each through the same
+// pick_token_experts as the CUDA kernel (src/cuda/pick_token.h), the rules of docs/routing.md.
 #include "routing/selector.h"
 
 #include "core/error.h"
+#include "cuda/pick_token.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -34,55 +34,11 @@ std::pair<at::Tensor, at::Tensor> pick_experts_fused(const SelectorConfig& confi
   bool* out_sub = substituted.data_ptr<bool>();                                             // [T, k]
 
   at::parallel_for(0, T, /*grain_size=*/256, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> best(k);
     std::vector<float> best_score(k);
-    std::vector<uint8_t> taken(avail ? E : 0);
-    for (int64_t t = begin; t < end; ++t) {
-      const float* s = score + t * E;
-      // Ideal top-k, kept sorted: a later (higher-index) expert displaces only a strictly better score.
-      int64_t filled = 0;
-      for (int64_t e = 0; e < E; ++e) {
-        const float v = s[e];
-        if (filled == k && !(v > best_score[k - 1])) continue;
-        int64_t p = filled < k ? filled++ : k - 1;
-        while (p > 0 && v > best_score[p - 1]) {
-          best[p] = best[p - 1];
-          best_score[p] = best_score[p - 1];
-          --p;
-        }
-        best[p] = e;
-        best_score[p] = v;
-      }
-      int64_t* row = out_e + t * k;
-      bool* sub = out_sub + t * k;
-      for (int64_t j = 0; j < k; ++j) {
-        row[j] = best[j];
-        sub[j] = false;
-      }
-      if (!avail) continue;
-
-      std::fill(taken.begin(), taken.end(), 0);
-      for (int64_t j = 0; j < k; ++j) taken[best[j]] = avail[best[j]];
-      for (int64_t j = 0; j < k; ++j) {
-        if (avail[best[j]]) continue;
-        int64_t pick = -1;
-        float pick_score = 0;
-        for (int64_t e = 0; e < E; ++e) {
-          if (!avail[e] || taken[e]) continue;
-          if (cluster && cluster[e] != cluster[best[j]]) continue;
-          if (trust && !(trust[t * E + e] >= min_trust)) continue;
-          if (pick < 0 || s[e] > pick_score) {
-            pick = e;
-            pick_score = s[e];
-          }
-        }
-        row[j] = pick;
-        if (pick >= 0) {
-          sub[j] = true;
-          taken[pick] = 1;
-        }
-      }
-    }
+    std::vector<uint32_t> taken((E + 31) / 32);
+    for (int64_t t = begin; t < end; ++t)
+      cuda::pick_token_experts(score + t * E, E, k, avail, cluster, trust ? trust + t * E : nullptr, min_trust,
+                               out_e + t * k, out_sub + t * k, best_score.data(), taken.data());
   });
   return {experts, substituted};
 }
