@@ -32,6 +32,7 @@ constexpr const char* kExpertOut = "expert.out";
 constexpr const char* kCombineSend = "combine.send";
 constexpr const char* kCombineRecv = "combine.recv";
 constexpr const char* kCombineOut = "combine.out";
+constexpr const char* kContextQuery = "context.query";  // hidden states given to the context classifier
 }  // namespace boundary
 
 enum class ContractPolicy : int64_t { kStrict = 0, kCast = 1 };

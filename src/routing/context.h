@@ -22,7 +22,7 @@ class Communicator;
 namespace trustep::routing {
 
 // Contract boundary of the queries (hidden states) given to classify/update.
-constexpr const char* kContextQueryBoundary = "context.query";
+constexpr const char* kContextQueryBoundary = boundary::kContextQuery;
 // Names in state() / load_state().
 constexpr const char* kContextCentroidsKey = "context.centroids";
 constexpr const char* kContextCountsKey = "context.counts";
