@@ -282,7 +282,8 @@ Selection Selector::select(const SelectorInputs& in, SelectorImpl impl) {
   s.experts = experts;
   const at::Tensor used = experts >= 0;
   s.scores = scores.gather(1, experts.clamp_min(0)) * used;
-  s.weights = gate_weights(in.probs, experts);
+  static const Contract kWeights{boundary::kSelectorWeights, c10::ScalarType::Float, std::nullopt, 2, true};
+  s.weights = ContractChecker().enforce(kWeights, gate_weights(in.probs, experts));
   auto& c = s.counts;
   at::Tensor load = at::zeros({E + 1}, experts.options());
   load.scatter_add_(0, at::where(used, experts, E).flatten(), at::ones({T * k}, experts.options()));
