@@ -5,6 +5,7 @@
 // they were given the same options; errors raised by every rank together exit cleanly with 1;
 // an error on one rank aborts the whole job so that no peer waits forever.
 #include "bench/comm_bench.h"
+#include "bench/select_bench.h"
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
 #include "core/contract.h"
@@ -38,7 +39,8 @@ struct Command {
 void print_usage(std::ostream& out) {
   out << "usage: trustep <command> [options]\n\n"
          "commands:\n"
-         "  bench comm    all-to-all-v bandwidth against raw MPI_Alltoallv of the same bytes\n\n"
+         "  bench comm    all-to-all-v bandwidth against raw MPI_Alltoallv of the same bytes\n"
+         "  bench select  expert selection tokens/s against the Python prototype and a C++ host loop\n\n"
          "  trustep <command> --help   options of one command\n"
          "  trustep --version          version and build configuration\n";
 }
@@ -133,6 +135,13 @@ int main(int argc, char** argv) {
       [&](po::options_description& d) { bench::add_comm_bench_options(d, comm_args); },
       [&] { comm_options = bench::validate(comm_args); },
       [&](comm::Communicator& c) { return bench::run_comm_bench(c, comm_options); }};
+  bench::SelectBenchArgs select_args;
+  bench::SelectBenchOptions select_options;
+  commands["bench select"] = Command{
+      "expert selection against the Python prototype and a C++ host loop",
+      [&](po::options_description& d) { bench::add_select_bench_options(d, select_args); },
+      [&] { select_options = bench::validate(select_args); },
+      [&](comm::Communicator& c) { return bench::run_select_bench(c, select_options); }};
 
   // Command names are one or two words ("bench comm").
   for (size_t n : {size_t{2}, size_t{1}}) {
@@ -144,8 +153,8 @@ int main(int argc, char** argv) {
       return run_command(name, it->second, std::vector<std::string>(words.begin() + n, words.end()), argc, argv);
   }
   if (words[0] == "bench")
-    return usage_error(words.size() > 1 ? fmt::format("unknown benchmark '{}' (available: comm)", words[1])
-                                        : "'bench' needs a benchmark name (available: comm)");
+    return usage_error(words.size() > 1 ? fmt::format("unknown benchmark '{}' (available: comm, select)", words[1])
+                                        : "'bench' needs a benchmark name (available: comm, select)");
   if (words[0] == "train" || words[0] == "infer" || words[0] == "inspect")
     return usage_error(fmt::format("command '{}' is not available in this version", words[0]));
   return usage_error(fmt::format("unknown command '{}' (run 'trustep --help')", words[0]));
