@@ -5,6 +5,7 @@
 // they were given the same options; errors raised by every rank together exit cleanly with 1;
 // an error on one rank aborts the whole job so that no peer waits forever.
 #include "bench/comm_bench.h"
+#include "cli/inspect.h"
 #include "bench/select_bench.h"
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
@@ -34,13 +35,15 @@ struct Command {
   std::function<void(po::options_description&)> add_options;
   std::function<void()> validate;                 // after parsing, before MPI
   std::function<int(comm::Communicator&)> run;    // collective
+  po::positional_options_description positional;  // e.g. `inspect FILE`
 };
 
 void print_usage(std::ostream& out) {
   out << "usage: trustep <command> [options]\n\n"
          "commands:\n"
          "  bench comm    all-to-all-v bandwidth against raw MPI_Alltoallv of the same bytes\n"
-         "  bench select  expert selection tokens/s against the Python prototype and a C++ host loop\n\n"
+         "  bench select  expert selection tokens/s against the Python prototype and a C++ host loop\n"
+         "  inspect FILE  describe a safetensors file (routing state: trust, contexts, statistics)\n\n"
          "  trustep <command> --help   options of one command\n"
          "  trustep --version          version and build configuration\n";
 }
@@ -71,7 +74,7 @@ int run_command(const std::string& name, Command& command, const std::vector<std
   ParsedCommand parsed;
   comm::CommOptions comm_options;
   try {
-    parsed = parse_options(name, desc, args);
+    parsed = parse_options(name, desc, args, &command.positional);
     if (parsed.help) {
       std::cout << "usage: trustep " << name << " [options]\n\n" << desc << "\n";
       return kExitOk;
@@ -143,6 +146,13 @@ int main(int argc, char** argv) {
       [&] { select_options = bench::validate(select_args); },
       [&](comm::Communicator& c) { return bench::run_select_bench(c, select_options); }};
 
+  InspectArgs inspect_args;
+  commands["inspect"] = Command{
+      "describe a safetensors file: routing state, trust, statistics",
+      [&](po::options_description& d) { add_inspect_options(d, commands["inspect"].positional, inspect_args); },
+      [&] { validate(inspect_args); },
+      [&](comm::Communicator& c) { return c.rank() == 0 ? run_inspect(inspect_args) : 0; }};
+
   // Command names are one or two words ("bench comm").
   for (size_t n : {size_t{2}, size_t{1}}) {
     if (words.size() < n) continue;
@@ -155,7 +165,7 @@ int main(int argc, char** argv) {
   if (words[0] == "bench")
     return usage_error(words.size() > 1 ? fmt::format("unknown benchmark '{}' (available: comm, select)", words[1])
                                         : "'bench' needs a benchmark name (available: comm, select)");
-  if (words[0] == "train" || words[0] == "infer" || words[0] == "inspect")
+  if (words[0] == "train" || words[0] == "infer")
     return usage_error(fmt::format("command '{}' is not available in this version", words[0]));
   return usage_error(fmt::format("unknown command '{}' (run 'trustep --help')", words[0]));
 }

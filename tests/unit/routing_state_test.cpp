@@ -6,6 +6,7 @@
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
 #include <gtest/gtest.h>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 namespace trustep::trust {
@@ -70,6 +71,8 @@ TEST(RoutingState, SavesAndLoadsTrustContextsAndStats) {
     EXPECT_EQ(fresh.stats[l].to_json(), trained.stats[l].to_json()) << "layer " << l;
   }
   EXPECT_EQ(load_safetensors(path).metadata.at("run"), "unit-test");
+  // The CLI test of `trustep inspect` reads this file (ctest fixture).
+  if (const char* out = std::getenv("TRUSTEP_ROUTING_STATE_OUT")) save_routing_state(out, trained.refs(), {{"run", "unit-test"}});
 }
 
 TEST(RoutingState, RefusesOtherFilesAndMissingLayers) {
