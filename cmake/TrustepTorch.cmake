@@ -50,8 +50,11 @@ set_target_properties(trustep::torch PROPERTIES
   INTERFACE_INCLUDE_DIRECTORIES "${_shim};${_shim}/torch/csrc/api/include"
   INTERFACE_SYSTEM_INCLUDE_DIRECTORIES "${_shim};${_shim}/torch/csrc/api/include"
   INTERFACE_COMPILE_DEFINITIONS "_GLIBCXX_USE_CXX11_ABI=1"
+  # at::parallel_for runs its body on OpenMP threads only in code compiled with -fopenmp
+  # (ATen's ParallelOpenMP.h); the runtime is torch's own libgomp, linked below.
+  INTERFACE_COMPILE_OPTIONS "$<$<COMPILE_LANGUAGE:CXX>:-fopenmp>"
   # --no-as-needed: libtorch registers CPU kernels in static initialisers.
-  INTERFACE_LINK_LIBRARIES "-Wl,--no-as-needed,${_torch_lib}/libtorch_cpu.so,${_torch_lib}/libtorch.so,${_torch_lib}/libc10.so,--as-needed"
+  INTERFACE_LINK_LIBRARIES "-Wl,--no-as-needed,${_torch_lib}/libtorch_cpu.so,${_torch_lib}/libtorch.so,${_torch_lib}/libc10.so,--as-needed;${_torch_lib}/libgomp.so.1"
   INTERFACE_LINK_OPTIONS "-Wl,-rpath,${_torch_lib}")
 
 set(TRUSTEP_TORCH_HAS_CUDA OFF)

@@ -137,21 +137,24 @@ int main(int argc, char** argv) {
       "all-to-all-v bandwidth against raw MPI_Alltoallv",
       [&](po::options_description& d) { bench::add_comm_bench_options(d, comm_args); },
       [&] { comm_options = bench::validate(comm_args); },
-      [&](comm::Communicator& c) { return bench::run_comm_bench(c, comm_options); }};
+      [&](comm::Communicator& c) { return bench::run_comm_bench(c, comm_options); },
+      {}};
   bench::SelectBenchArgs select_args;
   bench::SelectBenchOptions select_options;
   commands["bench select"] = Command{
       "expert selection against the Python prototype and a C++ host loop",
       [&](po::options_description& d) { bench::add_select_bench_options(d, select_args); },
       [&] { select_options = bench::validate(select_args); },
-      [&](comm::Communicator& c) { return bench::run_select_bench(c, select_options); }};
+      [&](comm::Communicator& c) { return bench::run_select_bench(c, select_options); },
+      {}};
 
   InspectArgs inspect_args;
   commands["inspect"] = Command{
       "describe a safetensors file: routing state, trust, statistics",
       [&](po::options_description& d) { add_inspect_options(d, commands["inspect"].positional, inspect_args); },
       [&] { validate(inspect_args); },
-      [&](comm::Communicator& c) { return c.rank() == 0 ? run_inspect(inspect_args) : 0; }};
+      [&](comm::Communicator& c) { return c.rank() == 0 ? run_inspect(inspect_args) : 0; },
+      {}};
 
   // Command names are one or two words ("bench comm").
   for (size_t n : {size_t{2}, size_t{1}}) {

@@ -13,6 +13,46 @@
 
 namespace trustep::cuda {
 
+// Selection scores of one token (docs/routing.md, step 1), the same arithmetic as the torch ops
+// of selection_scores: router = p + bias; blend = router·alpha + trust·(1 − alpha), each product
+// rounded on its own (no fused multiply-add), so every path ranks experts identically.
+struct TokenScoreParams {
+  int mode = 0;                  // routing::SelectorMode: 0 router, 1 blend, 2 trust-first
+  float alpha = 0.5f;            // blend weight of the router term
+  float one_minus_alpha = 0.5f;  // (float)(1 − alpha), computed in double as the torch path does
+  const float* bias = nullptr;   // [E] or nullptr
+};
+
+TRUSTEP_HOST_DEVICE inline float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+TRUSTEP_HOST_DEVICE inline float add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+// probs [E], trust [E] (may be nullptr in router mode); by_trust: trust-first token that routes by
+// trust. Writes s [E].
+TRUSTEP_HOST_DEVICE inline void score_token(const float* probs, const float* trust, bool by_trust,
+                                            const TokenScoreParams& sp, int64_t E, float* s) {
+  for (int64_t e = 0; e < E; ++e) {
+    const float router = sp.bias != nullptr ? add_rn(probs[e], sp.bias[e]) : probs[e];
+    if (sp.mode == 1)
+      s[e] = add_rn(mul_rn(router, sp.alpha), mul_rn(trust[e], sp.one_minus_alpha));
+    else if (sp.mode == 2 && by_trust)
+      s[e] = trust[e];
+    else
+      s[e] = router;
+  }
+}
+
 // s [E] scores of the token; avail [E] or nullptr; cluster [E] or nullptr; trust_row [E] or
 // nullptr (no threshold). Writes row [k] (experts, -1 unfilled) and substituted [k].
 // Scratch: best_score [k] floats, taken [(E + 31) / 32] words.

@@ -168,7 +168,8 @@ std::pair<at::Tensor, at::Tensor> pick_experts_torch(const SelectorConfig& confi
 }
 
 std::pair<at::Tensor, at::Tensor> apply_capacity(const SelectorConfig& config, const at::Tensor& scores,
-                                                 const SelectorInputs& in, at::Tensor& experts) {
+                                                 const SelectorInputs& in, at::Tensor& experts,
+                                                 at::Tensor& slot_scores) {
   const int64_t T = experts.size(0), k = config.top_k, E = config.experts;
   at::Tensor dropped = at::zeros(experts.sizes(), experts.options().dtype(at::kBool));
   at::Tensor rerouted = at::zeros_like(dropped);
@@ -177,12 +178,14 @@ std::pair<at::Tensor, at::Tensor> apply_capacity(const SelectorConfig& config, c
 
   at::Tensor cur = experts.flatten().clone();  // [N] current expert of each slot, -1 none
   const at::Tensor valid = cur >= 0;
-  auto slot_scores = [&](const at::Tensor& e) {  // [N] score of each slot at expert e (-inf for none)
+  TRUSTEP_CHECK(config.overflow != OverflowPolicy::kReroute || scores.defined(),
+                "apply_capacity: reroute needs the [T, E] scores");
+  auto score_at = [&](const at::Tensor& e) {  // [N] score of each slot at expert e (-inf for none)
     return at::where(e >= 0, scores.gather(1, e.view({T, k}).clamp_min(0)).flatten(), kNegInf);
   };
 
   if (config.overflow == OverflowPolicy::kDrop) {
-    const at::Tensor rank = rank_within_expert(at::where(valid, cur, E), slot_scores(cur), E);
+    const at::Tensor rank = rank_within_expert(at::where(valid, cur, E), slot_scores.flatten(), E);
     const at::Tensor drop = valid & (rank >= capacity);
     dropped.copy_(drop.view({T, k}));
     experts.masked_fill_(dropped, -1);
@@ -202,7 +205,7 @@ std::pair<at::Tensor, at::Tensor> apply_capacity(const SelectorConfig& config, c
     at::Tensor kept_load = at::zeros({E + 1}, cur.options());
     kept_load.scatter_add_(0, at::where(kept, cur, E), at::ones_like(cur));
     const at::Tensor room = capacity - kept_load.narrow(0, 0, E);  // [E]
-    const at::Tensor rank = rank_within_expert(at::where(pending, cur, E), slot_scores(cur), E);
+    const at::Tensor rank = rank_within_expert(at::where(pending, cur, E), score_at(cur), E);
     const at::Tensor accept = pending & (rank < room.index_select(0, cur.clamp_min(0)));
     kept = kept | accept;
     const at::Tensor rejected = pending & ~accept;
@@ -227,6 +230,7 @@ std::pair<at::Tensor, at::Tensor> apply_capacity(const SelectorConfig& config, c
   }
   const at::Tensor final_e = at::where(kept, cur, -1);
   experts.copy_(final_e.view({T, k}));
+  slot_scores = scores.gather(1, experts.clamp_min(0));
   dropped.copy_((valid & ~kept).view({T, k}));
   rerouted.copy_((kept & moved).view({T, k}));
   return {dropped, rerouted};
@@ -248,7 +252,6 @@ Selector::Selector(const SelectorConfig& config, c10::Device device) : config_(c
 std::pair<at::Tensor, at::Tensor> Selector::pick(const at::Tensor& scores, const SelectorInputs& in,
                                                  SelectorImpl impl) const {
   if (impl == SelectorImpl::kTorchOps) return pick_experts_torch(config_, scores, in);
-  if (scores.is_cpu()) return pick_experts_fused(config_, scores, in);
 #ifdef TRUSTEP_HAVE_CUDA
   if (scores.is_cuda() && fused_cuda_supports(config_)) return pick_experts_cuda(config_, scores, in);
 #endif
@@ -272,16 +275,23 @@ Selection Selector::select(const SelectorInputs& in, SelectorImpl impl) {
   at::Tensor explore = at::zeros({T}, opts.dtype(at::kBool));
   if (config_.mode == SelectorMode::kTrustFirst && config_.epsilon > 0)
     explore = at::rand({T}, generator_, opts) < config_.epsilon;
-  const at::Tensor scores = selection_scores(config_, in, explore).contiguous();
-
-  auto [experts, substituted] = pick(scores, in, impl);
+  // [T, E] scores exist only where needed: the torch-op and CUDA paths, and reroute.
+  at::Tensor scores, experts, substituted, slot_scores;
+  if (impl != SelectorImpl::kTorchOps && in.probs.is_cpu()) {
+    std::tie(experts, substituted, slot_scores) = pick_experts_fused(config_, in, explore);
+    if (config_.overflow == OverflowPolicy::kReroute) scores = selection_scores(config_, in, explore).contiguous();
+  } else {
+    scores = selection_scores(config_, in, explore).contiguous();
+    std::tie(experts, substituted) = pick(scores, in, impl);
+    slot_scores = scores.gather(1, experts.clamp_min(0));
+  }
   const at::Tensor unfilled = experts < 0;
-  auto [dropped, rerouted] = apply_capacity(config_, scores, in, experts);
+  auto [dropped, rerouted] = apply_capacity(config_, scores, in, experts, slot_scores);
 
   Selection s;
   s.experts = experts;
   const at::Tensor used = experts >= 0;
-  s.scores = scores.gather(1, experts.clamp_min(0)) * used;
+  s.scores = slot_scores * used;
   static const Contract kWeights{boundary::kSelectorWeights, c10::ScalarType::Float, std::nullopt, 2, true};
   s.weights = ContractChecker().enforce(kWeights, gate_weights(in.probs, experts));
   auto& c = s.counts;

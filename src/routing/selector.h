@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <tuple>
 #include <string>
 
 namespace trustep::routing {
@@ -89,11 +90,15 @@ at::Tensor selection_scores(const SelectorConfig& config, const SelectorInputs& 
 // Returns experts [T, k] (-1 = unfilled) and whether each slot was substituted [T, k] bool.
 std::pair<at::Tensor, at::Tensor> pick_experts_torch(const SelectorConfig& config, const at::Tensor& scores,
                                                      const SelectorInputs& in);
-std::pair<at::Tensor, at::Tensor> pick_experts_fused(const SelectorConfig& config, const at::Tensor& scores,
-                                                     const SelectorInputs& in);
-// Applies the overflow policy in place on experts [T, k]; returns (dropped, rerouted) [T, k] bool.
+// The fused CPU kernel computes each token's scores itself (no [T, E] temporaries) and returns
+// experts [T, k], substituted [T, k] and the slots' scores [T, k].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pick_experts_fused(const SelectorConfig& config,
+                                                                 const SelectorInputs& in, const at::Tensor& explore);
+// Applies the overflow policy in place on experts [T, k] and their slot_scores [T, k]; `scores`
+// [T, E] is needed for reroute only. Returns (dropped, rerouted) [T, k] bool.
 std::pair<at::Tensor, at::Tensor> apply_capacity(const SelectorConfig& config, const at::Tensor& scores,
-                                                 const SelectorInputs& in, at::Tensor& experts);
+                                                 const SelectorInputs& in, at::Tensor& experts,
+                                                 at::Tensor& slot_scores);
 #ifdef TRUSTEP_HAVE_CUDA
 // The CUDA kernel (src/cuda/select_kernel.cu); supports k <= 32 and E <= 4096.
 std::pair<at::Tensor, at::Tensor> pick_experts_cuda(const SelectorConfig& config, const at::Tensor& scores,
