@@ -1,4 +1,5 @@
 #include "bench/comm_bench.h"
+#include "bench/report.h"
 
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_runtime.h"
@@ -113,6 +114,7 @@ CommBenchOptions validate(const CommBenchArgs& a) {
   o.hot_fraction = a.hot_fraction;
   o.iters = a.iters;
   o.warmup = a.warmup;
+  check_json_path(a.json);
   o.json = a.json;
   return o;
 }
@@ -209,10 +211,7 @@ int run_comm_bench(comm::Communicator& comm, const CommBenchOptions& o) {
                        {"reference", reference},
                        {"ratio_definition", "raw_us / trustep_us (median over iterations of the slowest rank)"},
                        {"records", records}};
-    std::ofstream out(o.json);
-    TRUSTEP_CHECK(out.good(), "bench comm: cannot write --json file '{}'", o.json);
-    out << doc.dump(2) << "\n";
-    log::info("wrote {}", o.json);
+    write_json_report(o.json, doc, "comm");
   }
   return 0;
 }

@@ -1,4 +1,5 @@
 #include "bench/select_bench.h"
+#include "bench/report.h"
 
 #include "core/error.h"
 #include "core/log.h"
@@ -249,6 +250,7 @@ SelectBenchOptions validate(const SelectBenchArgs& a) {
   } else if (!root.empty() && is_executable((fs::path(root) / ".venv/bin/python").string())) {
     o.python = (fs::path(root) / ".venv/bin/python").string();
   }
+  check_json_path(a.json);
   o.json = a.json;
   return o;
 }
@@ -632,10 +634,7 @@ int run_select_bench(comm::Communicator& comm, const SelectBenchOptions& o) {
         {"speedup_definition", "trustep_tokens_per_s / baseline_tokens_per_s (tokens/s from the median time)"},
         {"skipped", skipped},
         {"records", records}};
-    std::ofstream out(o.json);
-    TRUSTEP_CHECK(out.good(), "bench select: cannot write --json file '{}'", o.json);
-    out << doc.dump(2) << "\n";
-    log::info("wrote {}", o.json);
+    write_json_report(o.json, doc, "select");
   }
   return 0;
 }
