@@ -3,6 +3,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/where.h>
 #include <fmt/ranges.h>
@@ -27,9 +28,11 @@ void RouterConfig::validate() const {
 
 RouterImpl::RouterImpl(const RouterConfig& config) : config_(config) {
   config_.validate();
-  // Kaiming-uniform-like init, as nn.Linear, in fp32 then cast: identical for any dtype.
+  // Uniform(±1/√H) as nn.Linear, from a seeded CPU generator in fp32, then cast: the same
+  // weights on every rank and for any dtype (data-parallel replicas start identical).
   const double bound = 1.0 / std::sqrt(static_cast<double>(config.hidden));
-  at::Tensor w = at::empty({config.experts, config.hidden}, at::kFloat).uniform_(-bound, bound);
+  at::Generator gen = at::detail::createCPUGenerator(config.seed);
+  at::Tensor w = at::empty({config.experts, config.hidden}, at::kFloat).uniform_(-bound, bound, gen);
   weight = register_parameter("weight", w.to(config.dtype));
   bias = register_buffer("balance_bias", at::zeros({config.experts}, at::kFloat));
 }

@@ -18,6 +18,7 @@ struct RouterConfig {
   bool check_finite = false;                   // NaN/Inf logits → error naming layer and rank (syncs)
   int layer = 0;                               // for messages
   int rank = 0;                                // for messages
+  uint64_t seed = 0;                           // weight initialisation (same on every rank)
   void validate() const;                       // OptionError naming --hidden / --experts / --router-dtype
 };
 
