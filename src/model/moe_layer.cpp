@@ -1,6 +1,10 @@
 #include "model/moe_layer.h"
 
 #include "core/error.h"
+#include "core/safetensors.h"
+
+#include <c10/core/GradMode.h>
+#include <fmt/ranges.h>
 
 namespace trustep::model {
 namespace {
@@ -46,6 +50,19 @@ MoELayerImpl::MoELayerImpl(const MoELayerConfig& config, comm::Communicator& com
   router = register_module("router", std::make_shared<routing::RouterImpl>(router_config(config, comm.rank())));
   experts = register_module("experts",
                             std::make_shared<experts::ExpertBankImpl>(bank_config(config, dispatcher_.layout())));
+}
+
+void MoELayerImpl::load_hf(const std::string& path, const std::string& prefix) {
+  const std::string name = prefix + "gate.weight";
+  const auto file = load_safetensors(path, [&](const std::string& n) { return n == name; });
+  auto it = file.tensors.find(name);
+  TRUSTEP_CHECK(it != file.tensors.end(), "{}: router weight '{}' not found", path, name);
+  TRUSTEP_CHECK(it->second.dim() == 2 && it->second.size(0) == config_.experts && it->second.size(1) == config_.hidden,
+                "{}: router weight '{}' must be [{}, {}], got [{}]", path, name, config_.experts, config_.hidden,
+                fmt::join(it->second.sizes(), ", "));
+  experts->load_hf(path, prefix);  // checks everything before changing anything
+  c10::NoGradGuard no_grad;
+  router->weight.copy_(it->second.to(router->weight.scalar_type()));
 }
 
 MoEOutput MoELayerImpl::forward(const at::Tensor& x, const routing::SelectorInputs& trust) {

@@ -44,6 +44,10 @@ class MoELayerImpl : public torch::nn::Module {
   // trust-first (SelectorInputs::trust [T, E], trusted [T]); probs are filled in here.
   MoEOutput forward(const at::Tensor& x, const routing::SelectorInputs& trust = {});
   const MoELayerConfig& config() const { return config_; }
+  // Hugging Face layout (Mixtral / Qwen3-MoE): router "{prefix}gate.weight" [E, H] and this
+  // rank's experts "{prefix}experts.{e}.{gate,up,down}_proj.weight"; nothing else is read.
+  // prefix is e.g. "model.layers.3.mlp.".
+  void load_hf(const std::string& path, const std::string& prefix);
 
   std::shared_ptr<routing::RouterImpl> router;
   std::shared_ptr<experts::ExpertBankImpl> experts;

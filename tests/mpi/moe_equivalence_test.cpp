@@ -10,6 +10,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/TensorOperators.h>
+#include <c10/core/GradMode.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/ones_like.h>
@@ -53,6 +54,8 @@ struct Case {
   routing::OverflowPolicy overflow;
   c10::ScalarType dtype, comm_dtype;
   bool empty_rank;
+  int64_t top_k = 2;
+  bool zero_router = false;  // all logits equal: ties send every token to experts 0..k-1
 };
 
 void run_case(const Case& c) {
@@ -63,7 +66,7 @@ void run_case(const Case& c) {
   cfg.hidden = 16;
   cfg.ffn = 24;
   cfg.experts = 8;
-  cfg.top_k = 2;
+  cfg.top_k = c.top_k;
   cfg.dtype = c.dtype;
   cfg.comm_dtype = c.comm_dtype;
   cfg.selector.mode = c.mode;
@@ -85,6 +88,12 @@ void run_case(const Case& c) {
 
   // Expert parallel: my shard on W ranks.
   model::MoELayerImpl ep(cfg, *comm);
+  model::MoELayerImpl ref(cfg, *self);
+  if (c.zero_router) {
+    c10::NoGradGuard no_grad;
+    ep.router->weight.zero_();
+    ref.router->weight.zero_();
+  }
   const Shard mine = make_shard(R, c.empty_rank, W, cfg.hidden, cfg.experts, c.dtype);
   at::Tensor x = mine.x.clone().requires_grad_(true);
   auto [y, loss] = loss_of(ep, mine, x);
@@ -93,7 +102,6 @@ void run_case(const Case& c) {
   comm->all_reduce(router_grad, comm::ReduceOp::kSum, "test.router_grad");  // data-parallel gradient
 
   // Reference: one process, every expert, every shard in turn.
-  model::MoELayerImpl ref(cfg, *self);
   at::Tensor ref_y, ref_x_grad;
   for (int r = 0; r < W; ++r) {
     const Shard s = make_shard(r, c.empty_rank, W, cfg.hidden, cfg.experts, c.dtype);
@@ -132,6 +140,12 @@ TEST(MoEEquivalence, CommDtypesAndARankWithoutTokens) {
   run_case({routing::SelectorMode::kBlend, routing::OverflowPolicy::kDropless, at::kFloat, at::kBFloat16, false});
   run_case({routing::SelectorMode::kRouter, routing::OverflowPolicy::kDropless, at::kBFloat16, at::kBFloat16, true});
   run_case({routing::SelectorMode::kRouter, routing::OverflowPolicy::kDrop, at::kFloat, at::kHalf, true});
+}
+
+TEST(MoEEquivalence, EveryTokenToOneExpertLeavesOtherRanksAndExpertsEmpty) {
+  for (auto overflow : {routing::OverflowPolicy::kDropless, routing::OverflowPolicy::kReroute})
+    run_case({routing::SelectorMode::kRouter, overflow, at::kFloat, at::kFloat, false, /*top_k=*/1,
+              /*zero_router=*/true});
 }
 
 TEST(Dispatch, RoundTripWithIdentityExpertsReturnsTheInputAndItsGradient) {
