@@ -149,6 +149,20 @@ TEST(MoEEquivalence, EveryTokenToOneExpertLeavesOtherRanksAndExpertsEmpty) {
               /*zero_router=*/true});
 }
 
+TEST(MoEEquivalence, EachRankHoldsOnlyItsExperts) {
+  auto comm = make_mpi_comm();
+  model::MoELayerConfig cfg;
+  cfg.hidden = 32;
+  cfg.ffn = 48;
+  cfg.experts = 4 * comm->size();
+  cfg.dtype = at::kBFloat16;
+  cfg.comm_dtype = at::kBFloat16;
+  model::MoELayerImpl layer(cfg, *comm);
+  int64_t bytes = 0;
+  for (const auto& p : layer.experts->parameters()) bytes += p.numel() * static_cast<int64_t>(p.element_size());
+  EXPECT_EQ(bytes, 3 * 32 * 48 * 4 * 2) << "3·H·F·(E/W) bf16 weights";
+}
+
 TEST(Dispatch, RoundTripWithIdentityExpertsReturnsTheInputAndItsGradient) {
   auto comm = make_mpi_comm();
   const int W = comm->size();
