@@ -65,8 +65,8 @@ struct Selection {
   SelectionCounts counts;
 };
 
-// Which implementation picks the experts. kAuto: the fused kernel of the tokens' device (CPU, or
-// CUDA when built with it), else the torch-op path. All give identical experts.
+// Which implementation picks the experts. kAuto: the fused kernel of the tokens' device (CPU;
+// CUDA when built with it and k <= 32, E <= 4096), else the torch-op path. All pick identically.
 enum class SelectorImpl { kAuto, kTorchOps, kFused };
 
 class Selector {
