@@ -16,6 +16,7 @@
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
+#include "tests/unit/test_util.h"
 
 #include <algorithm>
 #include <cmath>
@@ -28,14 +29,9 @@
 namespace trustep::routing {
 namespace {
 
-using Matrix = std::vector<std::vector<double>>;
+using trustep::testing::make_self;
 
-std::unique_ptr<comm::Communicator> make_self() {
-  comm::CommOptions o;
-  o.backend = comm::Backend::kSelf;
-  o.timeout_s = 30;
-  return comm::make_communicator(o);
-}
+using Matrix = std::vector<std::vector<double>>;
 
 at::Generator gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 

@@ -14,6 +14,7 @@
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
+#include "tests/unit/test_util.h"
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
@@ -25,6 +26,8 @@
 
 namespace trustep::experts {
 namespace {
+
+using trustep::testing::error_of;
 
 namespace fs = std::filesystem;
 
@@ -58,15 +61,6 @@ at::Tensor reference(const at::Tensor& x, const std::vector<int64_t>& counts, co
     }
   }
   return at::stack(rows, 0);  // [N, H]
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 TEST(ExpertBank, ForwardMatchesPerRowReferenceFp32) {

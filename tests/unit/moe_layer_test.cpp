@@ -5,15 +5,12 @@
 
 #include <ATen/ops/randn.h>
 #include <gtest/gtest.h>
+#include "tests/unit/test_util.h"
 
 namespace trustep::model {
 namespace {
 
-std::unique_ptr<comm::Communicator> make_self() {
-  comm::CommOptions o;
-  o.backend = comm::Backend::kSelf;
-  return comm::make_communicator(o);
-}
+using trustep::testing::make_self;
 
 MoELayerConfig small(c10::ScalarType dtype, c10::ScalarType router_dtype, uint64_t seed = 1) {
   MoELayerConfig c;

@@ -2,12 +2,15 @@
 #include "core/options.h"
 
 #include <gtest/gtest.h>
+#include "tests/unit/test_util.h"
 
 #include <cstdlib>
 #include <fstream>
 
 namespace trustep {
 namespace {
+
+using trustep::testing::error_of;
 
 struct Parsed {
   CommonOptions common;
@@ -20,15 +23,6 @@ struct Parsed {
   }
   ParsedCommand parse(const std::vector<std::string>& args) { return parse_options("bench comm", desc, args); }
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const OptionError& e) {
-    return e.what();
-  }
-  return "no OptionError";
-}
 
 std::string write_ini(const std::string& name, const std::string& text) {
   const std::string path = ::testing::TempDir() + name;
@@ -52,12 +46,12 @@ TEST(Options, HelpStopsBeforeValidation) {
 
 TEST(Options, UnknownOptionIsNamed) {
   Parsed p;
-  EXPECT_EQ(error_of([&] { p.parse({"--hiden", "3"}); }), "bench comm: unrecognised option '--hiden'");
+  EXPECT_EQ(error_of<OptionError>([&] { p.parse({"--hiden", "3"}); }), "bench comm: unrecognised option '--hiden'");
 }
 
 TEST(Options, BadValueIsNamed) {
   Parsed p;
-  const std::string e = error_of([&] { p.parse({"--hidden", "wide"}); });
+  const std::string e = error_of<OptionError>([&] { p.parse({"--hidden", "wide"}); });
   EXPECT_NE(e.find("'--hidden'"), std::string::npos) << e;
   EXPECT_NE(e.find("wide"), std::string::npos) << e;
 }
@@ -73,9 +67,9 @@ TEST(Options, ConfigFileSuppliesValuesAndCommandLineWins) {
 TEST(Options, UnknownConfigKeyAndMissingFileAreNamed) {
   const auto ini = write_ini("bad.ini", "hidden = 1\nwidth = 3\n");
   Parsed p;
-  EXPECT_EQ(error_of([&] { p.parse({"--config", ini}); }), "bench comm: unrecognised option 'width'");
+  EXPECT_EQ(error_of<OptionError>([&] { p.parse({"--config", ini}); }), "bench comm: unrecognised option 'width'");
   Parsed q;
-  EXPECT_EQ(error_of([&] { q.parse({"--config", "/no/such.ini"}); }),
+  EXPECT_EQ(error_of<OptionError>([&] { q.parse({"--config", "/no/such.ini"}); }),
             "bench comm: cannot read --config file '/no/such.ini'");
 }
 
@@ -92,12 +86,12 @@ TEST(Options, FingerprintFollowsArgumentsAndConfigContents) {
 TEST(Options, SizeLists) {
   EXPECT_EQ(parse_size_list("1,4k,2M,1g", "--sizes"),
             (std::vector<int64_t>{1, 4096, 2 << 20, int64_t{1} << 30}));
-  EXPECT_EQ(error_of([] { parse_size_list("4k,,8k", "--sizes"); }),
+  EXPECT_EQ(error_of<OptionError>([] { parse_size_list("4k,,8k", "--sizes"); }),
             "invalid value '4k,,8k' for option '--sizes': empty list item");
-  EXPECT_NE(error_of([] { parse_size_list("4x", "--sizes"); }).find("'4x' is not a positive size"),
+  EXPECT_NE(error_of<OptionError>([] { parse_size_list("4x", "--sizes"); }).find("'4x' is not a positive size"),
             std::string::npos);
-  EXPECT_NE(error_of([] { parse_size_list("-4", "--sizes"); }).find("not a positive size"), std::string::npos);
-  EXPECT_NE(error_of([] { parse_size_list("0", "--sizes"); }).find("not a positive size"), std::string::npos);
+  EXPECT_NE(error_of<OptionError>([] { parse_size_list("-4", "--sizes"); }).find("not a positive size"), std::string::npos);
+  EXPECT_NE(error_of<OptionError>([] { parse_size_list("0", "--sizes"); }).find("not a positive size"), std::string::npos);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
+#include "tests/unit/test_util.h"
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -23,24 +24,11 @@
 namespace trustep::trust {
 namespace {
 
+using trustep::testing::error_of;
+using trustep::testing::make_self;
+
 namespace fs = std::filesystem;
 using namespace testref;
-
-std::unique_ptr<comm::Communicator> make_self() {
-  comm::CommOptions o;
-  o.backend = comm::Backend::kSelf;
-  o.timeout_s = 30;
-  return comm::make_communicator(o);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 TEST(TrustConfig, ValidateNamesTheOption) {
   const auto message = [](const std::function<void(TrustConfig&)>& change) {
