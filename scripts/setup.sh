@@ -29,11 +29,18 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Python packages, pinned: torch (LibTorch for C++; ~5 GB with its CUDA runtime wheels) and
+# numpy (the Python prototype baseline of `bench select`).
+PY_PACKAGES=("torch==$TORCH_VERSION" "numpy==2.4.6")
 py="$root/.venv/bin/python"
-if ! ls "$root"/.venv/lib/python3*/site-packages/torch-"$TORCH_VERSION".dist-info >/dev/null 2>&1; then
-  log "creating .venv with torch==$TORCH_VERSION (LibTorch for C++; ~5 GB with its CUDA runtime wheels)"
-  python3 -m venv "$root/.venv"
-  "$py" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+[ -x "$py" ] || { log "creating .venv"; python3 -m venv "$root/.venv"; }
+missing_py=()
+for spec in "${PY_PACKAGES[@]}"; do
+  ls "$root"/.venv/lib/python3*/site-packages/"${spec%%==*}-${spec##*==}".dist-info >/dev/null 2>&1 || missing_py+=("$spec")
+done
+if ((${#missing_py[@]})); then
+  log "installing into .venv: ${missing_py[*]}"
+  "$py" -m pip install -q --disable-pip-version-check "${missing_py[@]}"
 fi
 
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
