@@ -5,6 +5,7 @@
 // they were given the same options; errors raised by every rank together exit cleanly with 1;
 // an error on one rank aborts the whole job so that no peer waits forever.
 #include "bench/comm_bench.h"
+#include "bench/layer_bench.h"
 #include "cli/inspect.h"
 #include "bench/select_bench.h"
 #include "comm/communicator.h"
@@ -43,6 +44,7 @@ void print_usage(std::ostream& out) {
          "commands:\n"
          "  bench comm    all-to-all-v bandwidth against raw MPI_Alltoallv of the same bytes\n"
          "  bench select  expert selection tokens/s against the Python prototype and a C++ host loop\n"
+         "  bench layer   one MoE layer fwd/bwd against its expert-GEMM bound and raw all-to-all\n"
          "  inspect FILE  describe a safetensors file (routing state: trust, contexts, statistics)\n\n"
          "  trustep <command> --help   options of one command\n"
          "  trustep --version          version and build configuration\n";
@@ -148,6 +150,15 @@ int main(int argc, char** argv) {
       [&](comm::Communicator& c) { return bench::run_select_bench(c, select_options); },
       {}};
 
+  bench::LayerBenchArgs layer_args;
+  bench::LayerBenchOptions layer_options;
+  commands["bench layer"] = Command{
+      "one MoE layer forward/backward against its expert-GEMM bound and raw all-to-all",
+      [&](po::options_description& d) { bench::add_layer_bench_options(d, layer_args); },
+      [&] { layer_options = bench::validate(layer_args); },
+      [&](comm::Communicator& c) { return bench::run_layer_bench(c, layer_options); },
+      {}};
+
   InspectArgs inspect_args;
   commands["inspect"] = Command{
       "describe a safetensors file: routing state, trust, statistics",
@@ -166,8 +177,8 @@ int main(int argc, char** argv) {
       return run_command(name, it->second, std::vector<std::string>(words.begin() + n, words.end()), argc, argv);
   }
   if (words[0] == "bench")
-    return usage_error(words.size() > 1 ? fmt::format("unknown benchmark '{}' (available: comm, select)", words[1])
-                                        : "'bench' needs a benchmark name (available: comm, select)");
+    return usage_error(words.size() > 1 ? fmt::format("unknown benchmark '{}' (available: comm, select, layer)", words[1])
+                                        : "'bench' needs a benchmark name (available: comm, select, layer)");
   if (words[0] == "train" || words[0] == "infer")
     return usage_error(fmt::format("command '{}' is not available in this version", words[0]));
   return usage_error(fmt::format("unknown command '{}' (run 'trustep --help')", words[0]));
