@@ -140,7 +140,10 @@ Dispatched Dispatcher::dispatch(const at::Tensor& hidden, const at::Tensor& expe
   for (int64_t i = 0; i < local; ++i)
     for (int64_t r = 0; r < W; ++r)
       for (int64_t j = 0; j < fr[r * local + i]; ++j) regroup.push_back(source_start[r * local + i] + j);
+  std::vector<int64_t> ungroup(R);
+  for (int64_t p = 0; p < R; ++p) ungroup[regroup[p]] = p;
   plan.regroup = host_long(regroup).to(hidden.device());
+  plan.ungroup = host_long(ungroup).to(hidden.device());
 
   out.rows = ContractChecker().enforce(Contract{boundary::kExpertIn, expert_dtype_, std::nullopt, 2, true},
                                        recv.index_select(0, plan.regroup).to(expert_dtype_), layer);
@@ -156,7 +159,7 @@ at::Tensor Dispatcher::combine(const at::Tensor& expert_out, const DispatchPlan&
   ContractChecker().enforce(Contract{boundary::kExpertOut, expert_dtype_, std::nullopt, 2, true}, expert_out, layer);
 
   // Back to source-major order, then home.
-  at::Tensor source_major = at::zeros_like(expert_out).index_copy(0, plan.regroup, expert_out);
+  const at::Tensor source_major = expert_out.index_select(0, plan.ungroup);
   const at::Tensor back = all_to_all_rows(comm_, source_major.to(comm_dtype_), plan.recv_counts, plan.send_counts,
                                           boundary::kCombineSend, layer);
 

@@ -33,6 +33,7 @@ struct DispatchPlan {
   std::vector<int64_t> send_counts;         // [W] rows sent to each rank
   std::vector<int64_t> recv_counts;         // [W] rows received from each rank
   at::Tensor regroup;                       // [R] int64: received row for each expert-major position
+  at::Tensor ungroup;                       // [R] int64: its inverse (expert-major position of each received row)
   std::vector<int64_t> local_counts;        // [local] rows per local expert (expert-major order)
 };
 
