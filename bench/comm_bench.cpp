@@ -23,12 +23,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 std::string human_bytes(int64_t b) {
   if (b >= (int64_t{1} << 20) && b % (int64_t{1} << 20) == 0) return fmt::format("{} MiB", b >> 20);
   if (b >= 1024 && b % 1024 == 0) return fmt::format("{} KiB", b >> 10);
@@ -66,17 +60,6 @@ struct RawExchange {
     }
   }
 };
-
-void sync_world() {
-  if (comm::mpi_active()) MPI_Barrier(MPI_COMM_WORLD);
-}
-
-// Slowest rank's time for each side: an exchange is as fast as its slowest participant.
-std::pair<double, double> max_over_ranks(double a, double b) {
-  double v[2] = {a, b};
-  if (comm::mpi_active()) MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return {v[0], v[1]};
-}
 
 }  // namespace
 
@@ -175,7 +158,9 @@ int run_comm_bench(comm::Communicator& comm, const CommBenchOptions& o) {
           const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
           (ours_now ? t_ours : t_raw) = us;
         }
-        const auto [mo, mr] = max_over_ranks(t_ours, t_raw);
+        std::vector<double> slowest{t_ours, t_raw};  // an exchange is as fast as its slowest rank
+        max_over_ranks(slowest);
+        const double mo = slowest[0], mr = slowest[1];
         if (i >= o.warmup) {
           ours_us.push_back(mo);
           raw_us.push_back(mr);

@@ -28,23 +28,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-void sync_world() {
-  if (comm::mpi_active()) MPI_Barrier(MPI_COMM_WORLD);
-}
-
-// Element-wise max over ranks, in place: a collective step is as fast as its slowest rank.
-void max_over_ranks(std::vector<double>& v) {
-  if (comm::mpi_active())
-    MPI_Allreduce(MPI_IN_PLACE, v.data(), static_cast<int>(v.size()), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-}
-
 // Local µs of fn() after a barrier; synchronize() waits for device work of a device backend.
 double time_us(comm::Communicator& comm, const std::function<void()>& fn) {
   sync_world();

@@ -42,12 +42,6 @@ constexpr int64_t kContexts = 16;        // rows of the benchmark's trust table
 constexpr double kTrustedShare = 0.7;    // share of tokens whose context is trusted (trust-first)
 constexpr const char* kScript = "bench/baselines/prototype_select.py";
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option) {
   std::vector<int64_t> values;
   for (const auto& word : parse_word_list(text, option)) {
