@@ -1,10 +1,12 @@
 #include "bench/layer_bench.h"
 #include "bench/report.h"
+#include "bench/select_bench.h"  // read_npy, write_npy
 
 #include "comm/mpi_runtime.h"
 #include "core/contract.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "dispatch/dispatcher.h"
 #include "model/moe_layer.h"
 
@@ -13,6 +15,8 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/sum.h>
 #include <mpi.h>
 #include <nlohmann/json.hpp>
@@ -22,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <numeric>
+#include <filesystem>
 
 namespace trustep::bench {
 namespace {
@@ -57,6 +62,7 @@ LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions
   cfg.selector.seed = o.seed;
   cfg.seed = o.seed;
   auto layer = std::make_shared<model::MoELayerImpl>(cfg, comm);
+  if (!o.weights.empty()) layer->load_hf(o.weights, o.weights_prefix);
 
   // Inputs seeded by (seed, rank): every rank routes different tokens.
   at::Generator gen = at::detail::createCPUGenerator(o.seed * 1000003ULL + static_cast<uint64_t>(comm.rank()));
@@ -215,7 +221,15 @@ void add_layer_bench_options(po::options_description& desc, LayerBenchArgs& a) {
       ("warmup", po::value(&a.warmup)->default_value(a.warmup), "untimed iterations per point")
       ("backward", po::bool_switch(&a.backward), "also time forward+backward of out.sum()")
       ("seed", po::value(&a.seed)->default_value(a.seed), "weights, routing and inputs")
-      ("json", po::value(&a.json), "write machine-readable records to FILE (rank 0)");
+      ("json", po::value(&a.json), "write machine-readable records to FILE (rank 0)")
+      ("weights", po::value(&a.weights), "Hugging Face safetensors with the router and experts of one layer")
+      ("weights-prefix", po::value(&a.weights_prefix)->default_value(a.weights_prefix),
+       "tensor name prefix in --weights (router '<prefix>gate.weight', experts '<prefix>experts.<e>.*')")
+      ("input", po::value(&a.input), "dump mode: global batch [N, H] as .npy, split over the ranks")
+      ("global-tokens", po::value(&a.global_tokens)->default_value(a.global_tokens),
+       "dump mode: global batch of N tokens drawn from --seed, split over the ranks")
+      ("dump-output", po::value(&a.dump_output),
+       "run the global batch once and write the whole output [N, H] (fp32 .npy, rank 0); no timing");
 }
 
 LayerBenchOptions validate(const LayerBenchArgs& a) {
@@ -254,6 +268,21 @@ LayerBenchOptions validate(const LayerBenchArgs& a) {
   o.seed = a.seed;
   check_json_path(a.json);
   o.json = a.json;
+  for (const auto& [file, option] : {std::pair{a.weights, "--weights"}, std::pair{a.input, "--input"}})
+    TRUSTEP_CHECK_AS(OptionError, file.empty() || std::filesystem::exists(file),
+                     "invalid value '{}' for option '{}': no such file", file, option);
+  TRUSTEP_CHECK_AS(OptionError, a.global_tokens >= 0,
+                   "invalid value '{}' for option '--global-tokens': must be >= 0", a.global_tokens);
+  TRUSTEP_CHECK_AS(OptionError, a.dump_output.empty() || !a.input.empty() || a.global_tokens > 0,
+                   "option '--dump-output' needs a global batch: --input FILE.npy or --global-tokens N");
+  TRUSTEP_CHECK_AS(OptionError, a.input.empty() || a.global_tokens == 0,
+                   "options '--input' and '--global-tokens' exclude each other");
+  check_json_path(a.dump_output);
+  o.weights = a.weights;
+  o.weights_prefix = a.weights_prefix;
+  o.input = a.input;
+  o.global_tokens = a.global_tokens;
+  o.dump_output = a.dump_output;
   return o;
 }
 
@@ -279,7 +308,52 @@ std::vector<LayerBenchRecord> measure_layer(comm::Communicator& comm, const Laye
   return records;
 }
 
+void dump_layer_output(comm::Communicator& comm, const LayerBenchOptions& o) {
+  model::MoELayerConfig cfg;
+  cfg.hidden = o.hidden;
+  cfg.ffn = o.ffn;
+  cfg.experts = o.experts;
+  cfg.top_k = o.top_k;
+  cfg.dtype = o.dtype;
+  cfg.comm_dtype = o.comm_dtype;
+  cfg.selector.mode = o.selector;
+  cfg.selector.seed = o.seed;
+  cfg.seed = o.seed;
+  model::MoELayerImpl layer(cfg, comm);
+  if (!o.weights.empty()) layer.load_hf(o.weights, o.weights_prefix);
+
+  // The global batch, identical on every rank; this rank's contiguous block of it.
+  at::Tensor global;
+  if (!o.input.empty()) {
+    global = read_npy(o.input).to(at::kFloat);
+  } else {
+    at::Generator gen = at::detail::createCPUGenerator(o.seed);
+    global = at::randn({o.global_tokens, o.hidden}, gen, at::TensorOptions().dtype(at::kFloat));
+  }
+  TRUSTEP_CHECK_AS(OptionError, global.dim() == 2 && global.size(1) == o.hidden,
+                   "invalid value '{}' for option '--input': expected [N, {}] (--hidden)", o.input, o.hidden);
+  const int64_t N = global.size(0), W = comm.size(), r = comm.rank();
+  const int64_t begin = N * r / W, end = N * (r + 1) / W;
+  at::NoGradGuard no_grad;
+  const at::Tensor mine = layer.forward(global.narrow(0, begin, end - begin).to(o.dtype)).hidden.to(at::kFloat);
+
+  // Blocks have different sizes: gather them padded to the largest, keep the real rows.
+  const int64_t largest = (N + W - 1) / W;
+  at::Tensor padded = at::zeros({largest, o.hidden}, at::kFloat);
+  padded.narrow(0, 0, end - begin).copy_(mine);
+  const at::Tensor all = comm.all_gather(padded, "bench.layer.dump");  // [W, largest, H]
+  if (r != 0) return;
+  std::vector<at::Tensor> blocks;
+  for (int64_t p = 0; p < W; ++p) blocks.push_back(all[p].narrow(0, 0, N * (p + 1) / W - N * p / W));
+  write_npy(o.dump_output, at::cat(blocks, 0));
+  log::info("wrote {} [{}, {}] from {} ranks", o.dump_output, N, o.hidden, W);
+}
+
 int run_layer_bench(comm::Communicator& comm, const LayerBenchOptions& o) {
+  if (!o.dump_output.empty()) {
+    dump_layer_output(comm, o);
+    return 0;
+  }
   if (comm.rank() == 0)
     fmt::print("trustep bench layer: backend {}, {} ranks, H {}, F {}, E {}, k {}, selector {}, {} iters{}\n",
                comm.name(), comm.size(), o.hidden, o.ffn, o.experts, o.top_k, routing::mode_name(o.selector),

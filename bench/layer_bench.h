@@ -36,6 +36,11 @@ struct LayerBenchOptions {
   bool backward = false;
   uint64_t seed = 0;
   std::string json;  // output file (rank 0), empty: none
+  std::string weights;         // Hugging Face safetensors (router + experts), empty: seeded init
+  std::string weights_prefix = "model.layers.0.mlp.";
+  std::string input;           // .npy [N, H]: the global batch, split over ranks (dump mode)
+  int64_t global_tokens = 0;   // > 0: global batch of N tokens drawn from --seed (dump mode)
+  std::string dump_output;     // .npy: run the global batch once, rank 0 writes the whole output
 };
 
 // Raw option text as parsed by Boost, validated into LayerBenchOptions by `validate`.
@@ -54,6 +59,11 @@ struct LayerBenchArgs {
   bool backward = false;
   uint64_t seed = 0;
   std::string json;
+  std::string weights;
+  std::string weights_prefix = "model.layers.0.mlp.";
+  std::string input;
+  int64_t global_tokens = 0;
+  std::string dump_output;
 };
 void add_layer_bench_options(po::options_description& desc, LayerBenchArgs& args);
 // Throws OptionError naming the bad option. Runs before MPI starts, identically on every rank.
@@ -78,7 +88,13 @@ struct LayerBenchRecord {
 // records (identical on every rank); prints nothing.
 std::vector<LayerBenchRecord> measure_layer(comm::Communicator& comm, const LayerBenchOptions& options);
 
-// Collective: measure_layer, then rank 0 prints the table and writes --json. Returns the exit code.
+// Collective, dump mode: the global batch (--input or --seed/--global-tokens) is split over the
+// ranks in contiguous blocks, each rank runs its block once, rank 0 gathers the whole output and
+// writes it as fp32 .npy: the file is the same (within dtype tolerance) whatever -np is.
+void dump_layer_output(comm::Communicator& comm, const LayerBenchOptions& options);
+
+// Collective: measure_layer (or dump_layer_output with --dump-output), then rank 0 prints the
+// table and writes --json. Returns the exit code.
 int run_layer_bench(comm::Communicator& comm, const LayerBenchOptions& options);
 
 }  // namespace trustep::bench
