@@ -48,9 +48,8 @@ void clear_grads(torch::nn::Module& m) {
 
 int64_t total(const std::vector<int64_t>& v) { return std::accumulate(v.begin(), v.end(), int64_t{0}); }
 
-LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions& o, int64_t T,
-                               c10::ScalarType dtype, c10::ScalarType comm_dtype) {
-  const int world = comm.size();
+// The benchmarked layer, the same for timing and for --dump-output.
+model::MoELayerConfig layer_config(const LayerBenchOptions& o, c10::ScalarType dtype, c10::ScalarType comm_dtype) {
   model::MoELayerConfig cfg;
   cfg.hidden = o.hidden;
   cfg.ffn = o.ffn;
@@ -61,7 +60,13 @@ LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions
   cfg.selector.mode = o.selector;
   cfg.selector.seed = o.seed;
   cfg.seed = o.seed;
-  auto layer = std::make_shared<model::MoELayerImpl>(cfg, comm);
+  return cfg;
+}
+
+LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions& o, int64_t T,
+                               c10::ScalarType dtype, c10::ScalarType comm_dtype) {
+  const int world = comm.size();
+  auto layer = std::make_shared<model::MoELayerImpl>(layer_config(o, dtype, comm_dtype), comm);
   if (!o.weights.empty()) layer->load_hf(o.weights, o.weights_prefix);
 
   // Inputs seeded by (seed, rank): every rank routes different tokens.
@@ -79,6 +84,7 @@ LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions
   std::vector<int64_t> local_counts, send_counts, recv_counts;
   {
     at::NoGradGuard no_grad;
+    const model::MoELayerConfig& cfg = layer->config();
     routing::SelectorConfig sc = cfg.selector;
     sc.experts = cfg.experts;
     sc.top_k = cfg.top_k;
@@ -309,17 +315,7 @@ std::vector<LayerBenchRecord> measure_layer(comm::Communicator& comm, const Laye
 }
 
 void dump_layer_output(comm::Communicator& comm, const LayerBenchOptions& o) {
-  model::MoELayerConfig cfg;
-  cfg.hidden = o.hidden;
-  cfg.ffn = o.ffn;
-  cfg.experts = o.experts;
-  cfg.top_k = o.top_k;
-  cfg.dtype = o.dtype;
-  cfg.comm_dtype = o.comm_dtype;
-  cfg.selector.mode = o.selector;
-  cfg.selector.seed = o.seed;
-  cfg.seed = o.seed;
-  model::MoELayerImpl layer(cfg, comm);
+  model::MoELayerImpl layer(layer_config(o, o.dtype, o.comm_dtype), comm);
   if (!o.weights.empty()) layer.load_hf(o.weights, o.weights_prefix);
 
   // The global batch, identical on every rank; this rank's contiguous block of it.
