@@ -3,7 +3,7 @@
 # Idempotent: a second run only checks (seconds) and rebuilds what changed (ninja + ccache).
 #   Debian packages: compilers, CMake/Ninja, ccache, OpenMPI, Boost.Program_options, GoogleTest,
 #                    spdlog/fmt, nlohmann-json, SQLite, OpenBLAS
-#   .venv/         : the pinned torch wheel from PyPI (LibTorch for C++, found by CMake)
+#   .venv/         : the pinned torch wheel from PyPI (LibTorch for C++, found by CMake), numpy, matplotlib
 #   build/         : cmake -S . -B build -G Ninja && ninja
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,9 +29,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python packages, pinned: torch (LibTorch for C++; ~5 GB with its CUDA runtime wheels) and
-# numpy (the Python prototype baseline of `bench select`).
-PY_PACKAGES=("torch==$TORCH_VERSION" "numpy==2.4.6")
+# Python packages, pinned: torch (LibTorch for C++; ~5 GB with its CUDA runtime wheels),
+# numpy (the Python prototype baseline of `bench select`) and matplotlib (scripts/plot_*.py).
+PY_PACKAGES=("torch==$TORCH_VERSION" "numpy==2.4.6" "matplotlib==3.11.2")
 py="$root/.venv/bin/python"
 [ -x "$py" ] || { log "creating .venv"; python3 -m venv "$root/.venv"; }
 missing_py=()
