@@ -3,8 +3,15 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/randn.h>
 #include <c10/core/GradMode.h>
 #include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cmath>
 
 namespace trustep::model {
 namespace {
@@ -38,6 +45,14 @@ experts::ExpertBankConfig bank_config(const MoELayerConfig& c, const dispatch::E
   b.dtype = c.dtype;
   b.seed = c.seed * 7919 + static_cast<uint64_t>(c.layer);
   return b;
+}
+
+// splitmix64 finaliser: decorrelates nearby (seed, layer, call) triples.
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
 }
 
 }  // namespace
@@ -75,11 +90,61 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x, const routing::SelectorInpu
   MoEOutput out;
   out.selection = selector_.select(in);
   auto d = dispatcher_.dispatch(tokens, out.selection.experts, config_.layer);
-  const at::Tensor y = experts->forward(d.rows, d.plan.local_counts);
+  at::Tensor y = experts->forward(d.rows, d.plan.local_counts);  // [R, H] expert-major
+  if (!poison_.empty()) y = apply_poison(y, d.plan.local_counts);
   out.hidden = dispatcher_.combine(y, d.plan, out.selection.weights, x.scalar_type(), config_.layer).view(x.sizes());
   out.z_loss = r.z_loss;
   out.balance_loss = routing::load_balancing_loss(r.probs, out.selection.experts);
   return out;
+}
+
+void MoELayerImpl::set_poison(std::vector<int64_t> global_experts, uint64_t seed) {
+  for (int64_t e : global_experts)
+    TRUSTEP_CHECK_AS(OptionError, e >= 0 && e < config_.experts,
+                     "invalid value '{}' for option '--poison-experts': experts are 0..{} (option '--experts' = {})",
+                     e, config_.experts - 1, config_.experts);
+  std::sort(global_experts.begin(), global_experts.end());
+  global_experts.erase(std::unique(global_experts.begin(), global_experts.end()), global_experts.end());
+  poison_ = std::move(global_experts);
+  poison_seed_ = seed;
+  poison_calls_ = 0;
+}
+
+void MoELayerImpl::clear_poison() {
+  poison_.clear();
+  poison_calls_ = 0;
+}
+
+at::Tensor MoELayerImpl::apply_poison(const at::Tensor& y, const std::vector<int64_t>& local_counts) {
+  // One generator per call, on the CPU: the same noise for the same (seed, layer, call) on any
+  // device; the counter advances even when no poisoned row arrived here, so it stays in step.
+  const uint64_t call = poison_calls_++;
+  at::Generator gen =
+      at::detail::createCPUGenerator(mix(poison_seed_ ^ mix(static_cast<uint64_t>(config_.layer) ^ mix(call))));
+  const int64_t first = dispatcher_.layout().first_local(), H = config_.hidden;
+  std::vector<at::Tensor> parts;
+  bool any = false;
+  int64_t offset = 0;
+  for (size_t i = 0; i < local_counts.size(); ++i) {
+    const int64_t n = local_counts[i];
+    if (n == 0) continue;
+    at::Tensor seg = y.narrow(0, offset, n);  // [n, H] rows of local expert i
+    offset += n;
+    if (std::binary_search(poison_.begin(), poison_.end(), first + static_cast<int64_t>(i))) {
+      // Same scale as the real output; a detached constant, so no gradient reaches the expert.
+      const double scale = seg.numel() > 1 ? seg.detach().to(at::kFloat).std().item<double>() : 0.0;
+      at::Tensor noise = at::randn({n, H}, gen, at::TensorOptions().dtype(at::kFloat));  // [n, H]
+      seg = (noise * (std::isfinite(scale) ? scale : 0.0)).to(y.options());
+      any = true;
+    }
+    parts.push_back(seg);
+  }
+  if (!any) return y;
+  // An empty slice keeps the result connected to y even when every row is noise, so the
+  // backward all-to-all behind the expert bank still runs here (peers wait for it); the
+  // poisoned experts' weights receive zero gradient.
+  parts.push_back(y.narrow(0, 0, 0));
+  return at::cat(parts, 0);  // [R, H]
 }
 
 }  // namespace trustep::model

@@ -11,8 +11,10 @@
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
 
 #include <memory>
+#include <vector>
 
 namespace trustep::model {
 
@@ -49,6 +51,19 @@ class MoELayerImpl : public torch::nn::Module {
   // prefix is e.g. "model.layers.3.mlp.".
   void load_hf(const std::string& path, const std::string& prefix);
 
+  // Fault injection. While active, the expert-bank output rows of every listed global expert
+  // that this rank holds are replaced, before combine, by N(0, 1) · std(real rows of that
+  // expert) noise: detached constants, so the poisoned experts' weights get no gradient from
+  // them while x (other experts) and the gate weights still do. The noise generator is seeded by
+  // (seed, layer, call counter); set_poison resets the counter to 0 and each forward adds 1, so
+  // calling set_poison(experts, seed ^ step) every step reproduces the noise after a resume.
+  // Experts outside [0, E) → OptionError naming '--poison-experts'.
+  void set_poison(std::vector<int64_t> global_experts, uint64_t seed);
+  void clear_poison();
+  void set_call_counter(uint64_t counter) { poison_calls_ = counter; }
+  bool poisoned() const { return !poison_.empty(); }
+  const std::vector<int64_t>& poisoned_experts() const { return poison_; }
+
   std::shared_ptr<routing::RouterImpl> router;
   std::shared_ptr<experts::ExpertBankImpl> experts;
 
@@ -56,6 +71,13 @@ class MoELayerImpl : public torch::nn::Module {
   MoELayerConfig config_;
   routing::Selector selector_;
   dispatch::Dispatcher dispatcher_;
+  std::vector<int64_t> poison_;  // sorted global expert ids (empty: off)
+  uint64_t poison_seed_ = 0;
+  uint64_t poison_calls_ = 0;
+
+  at::Tensor apply_poison(const at::Tensor& y, const std::vector<int64_t>& local_counts);
 };
+
+TORCH_MODULE(MoELayer);
 
 }  // namespace trustep::model
