@@ -2,7 +2,7 @@
 # Installs everything trustep needs on a fresh Debian machine and builds it.
 # Idempotent: a second run only checks (seconds) and rebuilds what changed (ninja + ccache).
 #   Debian packages: compilers, CMake/Ninja, ccache, OpenMPI, Boost.Program_options, GoogleTest,
-#                    spdlog/fmt, nlohmann-json, SQLite, OpenBLAS
+#                    spdlog/fmt, nlohmann-json, SQLite, zlib, OpenBLAS
 #   .venv/         : the pinned torch wheel from PyPI (LibTorch for C++, found by CMake), numpy, matplotlib
 #   build/         : cmake -S . -B build -G Ninja && ninja
 set -euo pipefail
@@ -13,7 +13,7 @@ TORCH_VERSION="2.15.0"   # pinned: bump deliberately, rebuild from scratch
 BUILD_DIR="${TRUSTEP_BUILD_DIR:-build}"
 packages=(build-essential cmake ninja-build ccache pkg-config
           openmpi-bin libopenmpi-dev libboost-program-options-dev
-          libgtest-dev libgmock-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libsqlite3-dev
+          libgtest-dev libgmock-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libsqlite3-dev zlib1g-dev
           libopenblas0-pthread python3 python3-venv)
 
 log() { printf '[setup] %s\n' "$*"; }
