@@ -3,6 +3,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "train/checkpoint.h"
 #include "trust/routing_state.h"
 
 #include <ATen/ops/sort.h>
@@ -61,19 +62,74 @@ void add_inspect_options(po::options_description& desc, po::positional_options_d
                          InspectArgs& a) {
   desc.add_options()
       ("file", po::value(&a.file), "safetensors file to describe (also the first positional argument)")
+      ("checkpoint", po::value(&a.checkpoint), "describe a training checkpoint (root or step directory) instead")
       ("top", po::value(&a.top)->default_value(a.top), "experts listed per context")
       ("json", po::bool_switch(&a.json), "print JSON instead of text");
   positional.add("file", 1);
 }
 
 void validate(const InspectArgs& a) {
-  TRUSTEP_CHECK_AS(OptionError, !a.file.empty(), "inspect: a FILE is required (trustep inspect FILE)");
-  TRUSTEP_CHECK_AS(OptionError, std::filesystem::exists(a.file), "invalid value '{}' for option '--file': no such file",
-                   a.file);
+  TRUSTEP_CHECK_AS(OptionError, a.file.empty() != a.checkpoint.empty(),
+                   "inspect: give either a FILE or --checkpoint DIR (trustep inspect FILE | --checkpoint DIR)");
+  if (!a.file.empty())
+    TRUSTEP_CHECK_AS(OptionError, std::filesystem::exists(a.file),
+                     "invalid value '{}' for option '--file': no such file", a.file);
+  else
+    TRUSTEP_CHECK_AS(OptionError, std::filesystem::is_directory(a.checkpoint),
+                     "invalid value '{}' for option '--checkpoint': no such directory", a.checkpoint);
   TRUSTEP_CHECK_AS(OptionError, a.top >= 1, "invalid value '{}' for option '--top': must be >= 1", a.top);
 }
 
+namespace {
+
+int run_inspect_checkpoint(const InspectArgs& a) {
+  const train::Checkpoint ck = train::Checkpoint::open(a.checkpoint);
+  const SafetensorsFile routing = load_safetensors(ck.file("routing.safetensors"));
+  const nlohmann::json& meta = ck.meta();
+  nlohmann::json out{{"checkpoint", ck.dir()}, {"step", ck.step()}, {"world_size", ck.world_size()}, {"meta", meta}};
+  out["layers"] = describe_routing(routing, a.top);
+  const nlohmann::json totals = meta.value("routing", nlohmann::json::array());
+  for (size_t l = 0; l < out["layers"].size() && l < totals.size(); ++l) out["layers"][l]["totals"] = totals[l];
+  if (a.json) {
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  const auto& model = meta.at("model");
+  fmt::print("checkpoint {}: step {}, loss {:.4f}, written by {} ranks\n", ck.dir(), ck.step(),
+             meta.value("loss", 0.0), ck.world_size());
+  fmt::print("  model: {}\n", model.dump());
+  if (meta.contains("train")) fmt::print("  train: {}\n", meta.at("train").dump());
+  const auto names = meta.contains("train") ? meta["train"].value("context_names", std::vector<std::string>())
+                                            : std::vector<std::string>();
+  const at::Tensor trust = routing.tensors.at("trust.value");        // [L, C, E]
+  const at::Tensor evidence = routing.tensors.at("trust.evidence");  // [L, C, E]
+  for (int64_t l = 0; l < trust.size(0); ++l) {
+    fmt::print("layer {}\n", l);
+    if (static_cast<size_t>(l) < totals.size()) {
+      const auto& t = totals[l];
+      fmt::print("  load per expert (slots, all steps, all ranks): [{}]\n",
+                 fmt::join(t.at("load").get<std::vector<int64_t>>(), ", "));
+      fmt::print("  substituted {}, unfilled {}, dropped {}, rerouted {}, trust-routed {}, explored {}\n",
+                 t.at("substituted").get<int64_t>(), t.at("unfilled").get<int64_t>(), t.at("dropped").get<int64_t>(),
+                 t.at("rerouted").get<int64_t>(), t.at("trust_routed").get<int64_t>(),
+                 t.at("explored").get<int64_t>());
+    }
+    fmt::print("  trust (rows: contexts, columns: experts; evidence total {:.0f})\n",
+               evidence[l].sum().item<double>());
+    for (int64_t c = 0; c < trust.size(1); ++c) {
+      std::vector<std::string> cells;
+      for (int64_t e = 0; e < trust.size(2); ++e) cells.push_back(fmt::format("{:.2f}", trust[l][c][e].item<float>()));
+      const std::string name = static_cast<size_t>(c) < names.size() ? names[c] : std::to_string(c);
+      fmt::print("    {:<10} {}\n", name, fmt::join(cells, " "));
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
 int run_inspect(const InspectArgs& a) {
+  if (!a.checkpoint.empty()) return run_inspect_checkpoint(a);
   const SafetensorsFile f = load_safetensors(a.file);
   nlohmann::json out{{"file", a.file}, {"metadata", f.metadata}};
   for (const auto& [name, t] : f.tensors)

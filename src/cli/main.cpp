@@ -7,6 +7,7 @@
 #include "bench/comm_bench.h"
 #include "bench/layer_bench.h"
 #include "cli/inspect.h"
+#include "cli/train_command.h"
 #include "bench/select_bench.h"
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
@@ -42,10 +43,13 @@ struct Command {
 void print_usage(std::ostream& out) {
   out << "usage: trustep <command> [options]\n\n"
          "commands:\n"
+         "  train         train a small MoE language model (EP + DP, trust-aware routing, checkpoints)\n"
+         "  infer         generate from a checkpoint (greedy or sampled, KV cache, any EP layout)\n"
          "  bench comm    all-to-all-v bandwidth against raw MPI_Alltoallv of the same bytes\n"
          "  bench select  expert selection tokens/s against the Python prototype and a C++ host loop\n"
          "  bench layer   one MoE layer fwd/bwd against its expert-GEMM bound and raw all-to-all\n"
-         "  inspect FILE  describe a safetensors file (routing state: trust, contexts, statistics)\n\n"
+         "  inspect FILE  describe a safetensors file (routing state: trust, contexts, statistics)\n"
+         "  inspect --checkpoint DIR   describe a training checkpoint\n\n"
          "  trustep <command> --help   options of one command\n"
          "  trustep --version          version and build configuration\n";
 }
@@ -66,8 +70,8 @@ int usage_error(const std::string& message) {
   return kExitUsage;
 }
 
-int run_command(const std::string& name, Command& command, const std::vector<std::string>& args, int argc,
-                char** argv) {
+int run_command(const std::string& name, Command& command, const std::vector<std::string>& args,
+                const std::vector<std::string>& sections, int argc, char** argv) {
   CommonOptions common;
   po::options_description desc(fmt::format("trustep {} ({})", name, command.summary));
   add_common_options(desc, common);
@@ -76,7 +80,7 @@ int run_command(const std::string& name, Command& command, const std::vector<std
   ParsedCommand parsed;
   comm::CommOptions comm_options;
   try {
-    parsed = parse_options(name, desc, args, &command.positional);
+    parsed = parse_options(name, desc, args, &command.positional, sections);
     if (parsed.help) {
       std::cout << "usage: trustep " << name << " [options]\n\n" << desc << "\n";
       return kExitOk;
@@ -159,6 +163,22 @@ int main(int argc, char** argv) {
       [&](comm::Communicator& c) { return bench::run_layer_bench(c, layer_options); },
       {}};
 
+  TrainArgs train_args;
+  train::TrainConfig train_config;
+  commands["train"] = Command{
+      "train a small MoE language model with expert + data parallelism and trust-aware routing",
+      [&](po::options_description& d) { add_train_options(d, train_args); },
+      [&] { train_config = validate(train_args); },
+      [&](comm::Communicator& c) { return run_train_command(c, train_config); },
+      {}};
+  InferArgs infer_args;
+  commands["infer"] = Command{
+      "generate text from a checkpoint",
+      [&](po::options_description& d) { add_infer_options(d, infer_args); },
+      [&] { validate(infer_args); },
+      [&](comm::Communicator& c) { return run_infer(c, infer_args); },
+      {}};
+
   InspectArgs inspect_args;
   commands["inspect"] = Command{
       "describe a safetensors file: routing state, trust, statistics",
@@ -167,6 +187,9 @@ int main(int argc, char** argv) {
       [&](comm::Communicator& c) { return c.rank() == 0 ? run_inspect(inspect_args) : 0; },
       {}};
 
+  // Config file sections are command names ("[train]", "[bench layer]").
+  std::vector<std::string> sections;
+  for (const auto& [name, command] : commands) sections.push_back(name);
   // Command names are one or two words ("bench comm").
   for (size_t n : {size_t{2}, size_t{1}}) {
     if (words.size() < n) continue;
@@ -174,13 +197,12 @@ int main(int argc, char** argv) {
     for (size_t i = 1; i < n; ++i) name += " " + words[i];
     auto it = commands.find(name);
     if (it != commands.end())
-      return run_command(name, it->second, std::vector<std::string>(words.begin() + n, words.end()), argc, argv);
+      return run_command(name, it->second, std::vector<std::string>(words.begin() + n, words.end()), sections, argc,
+                         argv);
   }
   if (words[0] == "bench")
     return usage_error(words.size() > 1 ? fmt::format("unknown benchmark '{}' (available: comm, select, layer)", words[1])
                                         : "'bench' needs a benchmark name (available: comm, select, layer)");
-  if (words[0] == "train" || words[0] == "infer")
-    return usage_error(fmt::format("command '{}' is not available in this version", words[0]));
   return usage_error(fmt::format("unknown command '{}' (run 'trustep --help')", words[0]));
 }
 

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 
+#include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <iterator>
@@ -33,8 +34,40 @@ void add_common_options(po::options_description& desc, CommonOptions& common) {
        "trace, debug, info, warn, error, off");
 }
 
+std::string config_for_command(const std::string& text, const std::string& command,
+                               const std::vector<std::string>& sections, const std::string& path) {
+  std::string kept;
+  std::istringstream in(text);
+  bool keep = true;  // top-level keys apply to every command
+  int line_number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_number;
+    const auto first = line.find_first_not_of(" \t");
+    if (first != std::string::npos && line[first] == '[') {
+      const auto close = line.find(']', first);
+      if (close == std::string::npos)
+        throw OptionError(fmt::format("{}: --config file '{}' line {}: unterminated section header", command, path,
+                                      line_number),
+                          TRUSTEP_ORIGIN);
+      const std::string section = line.substr(first + 1, close - first - 1);
+      if (!sections.empty() && std::find(sections.begin(), sections.end(), section) == sections.end())
+        throw OptionError(fmt::format("{}: --config file '{}' line {}: unknown section [{}] (sections are command "
+                                      "names, e.g. [train])",
+                                      command, path, line_number, section),
+                          TRUSTEP_ORIGIN);
+      keep = section == command;
+      kept += '\n';  // keeps line numbers in Boost's messages
+      continue;
+    }
+    kept += keep ? line : std::string();
+    kept += '\n';
+  }
+  return kept;
+}
+
 ParsedCommand parse_options(const std::string& command, const po::options_description& desc,
-                            const std::vector<std::string>& args, const po::positional_options_description* positional) {
+                            const std::vector<std::string>& args, const po::positional_options_description* positional,
+                            const std::vector<std::string>& sections) {
   ParsedCommand parsed;
   po::variables_map vm;
   try {
@@ -51,7 +84,7 @@ ParsedCommand parse_options(const std::string& command, const po::options_descri
       std::ifstream in(path);
       if (!in) throw OptionError(fmt::format("{}: cannot read --config file '{}'", command, path), TRUSTEP_ORIGIN);
       config_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-      std::istringstream text(config_bytes);
+      std::istringstream text(config_for_command(config_bytes, command, sections, path));
       po::store(po::parse_config_file(text, desc, /*allow_unregistered=*/false), vm);
     }
     po::notify(vm);

@@ -32,9 +32,17 @@ struct ParsedCommand {
 
 // Parses `args` (the words after the subcommand) against `desc`, which must include the
 // common options. Throws OptionError: "<command>: <what is wrong with which option>".
+// The config file's top-level keys apply to this command, then keys under a section named
+// after it (`[train]`, `[bench layer]`); other commands' sections are skipped, so one preset
+// serves train, infer and the benchmarks. A section not in `sections` (when given) is an error.
 ParsedCommand parse_options(const std::string& command, const po::options_description& desc,
                             const std::vector<std::string>& args,
-                            const po::positional_options_description* positional = nullptr);
+                            const po::positional_options_description* positional = nullptr,
+                            const std::vector<std::string>& sections = {});
+
+// The lines of an .ini text that apply to `command` (see parse_options); exposed for tests.
+std::string config_for_command(const std::string& text, const std::string& command,
+                               const std::vector<std::string>& sections, const std::string& path);
 
 // Splits "1,2,4k,1M" into byte sizes (k/K = 1024, m/M = 1 MiB, g/G = 1 GiB). Throws OptionError.
 std::vector<int64_t> parse_size_list(const std::string& text, const std::string& option);

@@ -283,6 +283,13 @@ std::string synthetic_answer(std::string_view question) {
   return {};
 }
 
+int64_t context_of_prompt(std::string_view prompt) {
+  if (prompt.size() < 4 || prompt[3] != ':') return -1;
+  for (int64_t f = 0; f < kSyntheticContexts; ++f)
+    if (kTags[f] == prompt.substr(0, 3)) return f;
+  return -1;
+}
+
 std::string decode(const int64_t* ids, int64_t n) {
   std::string s;
   for (int64_t i = 0; i < n; ++i) {

@@ -69,6 +69,10 @@ constexpr int64_t kSyntheticMinSeqLen = 16;
 // "dcba". Throws Error on a question that is not of a known family. For evaluation and tests.
 std::string synthetic_answer(std::string_view question);
 
+// The context label of a synthetic prompt from its tag ("rev:abcd=" -> 1), -1 when the text does
+// not start with a known tag. Lets `infer` route a prompt like its training data.
+int64_t context_of_prompt(std::string_view prompt);
+
 // Human-readable tokens: bytes as characters, specials as <bos> <eos> <pad>.
 std::string decode(const int64_t* ids, int64_t n);
 

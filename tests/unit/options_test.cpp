@@ -94,5 +94,28 @@ TEST(Options, SizeLists) {
   EXPECT_NE(error_of<OptionError>([] { parse_size_list("0", "--sizes"); }).find("not a positive size"), std::string::npos);
 }
 
+TEST(Options, ConfigSectionsApplyToTheirCommandOnly) {
+  // Top-level keys apply to every command; [bench comm] to this one; [train] is skipped even
+  // though 'layers' is not a bench comm option.
+  const auto ini = write_ini("sections.ini",
+                             "log-level = warn\n[train]\nlayers = 4\nhidden = 999\n[bench comm]\nhidden = 48\n"
+                             "[train]\ndtype = fp32\n");
+  Parsed p;
+  const std::vector<std::string> sections{"train", "bench comm"};
+  parse_options("bench comm", p.desc, {"--config", ini}, nullptr, sections);
+  EXPECT_EQ(p.hidden, 48);
+  EXPECT_EQ(p.dtype, "bf16");
+  EXPECT_EQ(p.common.log_level, "warn");
+}
+
+TEST(Options, UnknownConfigSectionIsNamedWithItsLine) {
+  const auto ini = write_ini("badsection.ini", "hidden = 3\n\n[trian]\nlayers = 4\n");
+  Parsed p;
+  EXPECT_EQ(error_of<OptionError>(
+                [&] { parse_options("bench comm", p.desc, {"--config", ini}, nullptr, {"train", "bench comm"}); }),
+            "bench comm: --config file '" + ini + "' line 3: unknown section [trian] (sections are command names, "
+            "e.g. [train])");
+}
+
 }  // namespace
 }  // namespace trustep

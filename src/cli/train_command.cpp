@@ -1,0 +1,342 @@
+#include "cli/train_command.h"
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "routing/context.h"
+#include "routing/stats.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/model_state.h"
+#include "trust/routing_state.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+namespace trustep::cli {
+
+void add_train_options(po::options_description& desc, TrainArgs& a) {
+  po::options_description model("model");
+  model.add_options()
+      ("hidden", po::value(&a.hidden)->default_value(a.hidden), "hidden size H")
+      ("layers", po::value(&a.layers)->default_value(a.layers), "transformer blocks (each with an MoE FFN)")
+      ("heads", po::value(&a.heads)->default_value(a.heads), "attention query heads (H divisible by it)")
+      ("kv-heads", po::value(&a.kv_heads)->default_value(a.kv_heads), "key/value heads (GQA; divides --heads)")
+      ("ffn", po::value(&a.ffn)->default_value(a.ffn), "expert intermediate size F")
+      ("experts", po::value(&a.experts)->default_value(a.experts), "global experts E (a multiple of the world size)")
+      ("top-k", po::value(&a.top_k)->default_value(a.top_k), "experts per token k")
+      ("seq-len", po::value(&a.seq_len)->default_value(a.seq_len), "tokens per sequence")
+      ("dtype", po::value(&a.dtype)->default_value(a.dtype), "compute dtype: fp32 or bf16 (fp32 master weights)")
+      ("comm-dtype", po::value(&a.comm_dtype), "token rows on the wire: fp32, bf16, fp16 (default: --dtype)");
+  po::options_description routing("routing and trust");
+  routing.add_options()
+      ("mode", po::value(&a.mode)->default_value(a.mode), "selector: router, blend or trust-first")
+      ("alpha", po::value(&a.alpha)->default_value(a.alpha), "blend: weight of the router probability")
+      ("epsilon", po::value(&a.epsilon)->default_value(a.epsilon), "trust-first: exploration probability")
+      ("overflow", po::value(&a.overflow)->default_value(a.overflow), "capacity policy: dropless, drop, reroute")
+      ("capacity-factor", po::value(&a.capacity_factor)->default_value(a.capacity_factor),
+       "drop/reroute: slots per expert = factor · T · k / E")
+      ("contexts-from", po::value(&a.context_source)->default_value(a.context_source),
+       "token contexts: labels (task family of the synthetic data) or kmeans (online clusters per layer)")
+      ("contexts", po::value(&a.contexts)->default_value(a.contexts), "kmeans: clusters per layer")
+      ("trust-prior", po::value(&a.trust_prior)->default_value(a.trust_prior), "trust without evidence")
+      ("trust-min-evidence", po::value(&a.trust_min_evidence)->default_value(a.trust_min_evidence),
+       "token-slot uses before stored trust replaces the prior")
+      ("trust-lr", po::value(&a.trust_lr)->default_value(a.trust_lr), "EMA rate η of the trust update")
+      ("trust-temperature", po::value(&a.trust_temperature)->default_value(a.trust_temperature),
+       "temperature of the per-token quality sigmoid");
+  po::options_description optim("optimisation");
+  optim.add_options()
+      ("steps", po::value(&a.steps)->default_value(a.steps), "total optimisation steps")
+      ("batch", po::value(&a.batch)->default_value(a.batch), "sequences per rank per step")
+      ("lr", po::value(&a.lr)->default_value(a.lr), "peak learning rate")
+      ("min-lr", po::value(&a.min_lr)->default_value(a.min_lr), "learning rate at the end of the cosine")
+      ("warmup", po::value(&a.warmup)->default_value(a.warmup), "linear warm-up steps")
+      ("weight-decay", po::value(&a.weight_decay)->default_value(a.weight_decay), "AdamW decoupled weight decay")
+      ("beta1", po::value(&a.beta1)->default_value(a.beta1), "AdamW β1")
+      ("beta2", po::value(&a.beta2)->default_value(a.beta2), "AdamW β2")
+      ("clip", po::value(&a.clip)->default_value(a.clip), "global gradient-norm clip (0: off)")
+      ("balance-coef", po::value(&a.balance_coef)->default_value(a.balance_coef), "load-balancing loss weight")
+      ("z-coef", po::value(&a.z_coef)->default_value(a.z_coef), "router z-loss weight")
+      ("seed", po::value(&a.seed)->default_value(a.seed), "initialisation, data, routing noise: one seed")
+      ("data", po::value(&a.data), "train on this plain-text file (default: the built-in synthetic corpus)")
+      ("check-finite", po::bool_switch(&a.check_finite), "check router inputs and logits for NaN/Inf");
+  po::options_description faults("fault injection");
+  faults.add_options()
+      ("poison-expert", po::value(&a.poison_expert), "replace these experts' outputs with noise (list: 3,5)")
+      ("poison-from", po::value(&a.poison_from)->default_value(a.poison_from), "first poisoned step");
+  po::options_description output("output and checkpoints");
+  output.add_options()
+      ("out", po::value(&a.out)->default_value(a.out), "run directory: metrics.jsonl, plots, checkpoints/")
+      ("checkpoint-every", po::value(&a.checkpoint_every)->default_value(a.checkpoint_every),
+       "checkpoint every N steps (0: only at the end)")
+      ("keep-last", po::value(&a.keep_last)->default_value(a.keep_last), "checkpoints kept (0: all)")
+      ("resume", po::value(&a.resume), "continue from a checkpoint (root or step dir; 'auto': OUT/checkpoints)")
+      ("stop-after", po::value(&a.stop_after)->default_value(a.stop_after),
+       "stop after N steps of this run, with a checkpoint (0: run to --steps)")
+      ("log-every", po::value(&a.log_every)->default_value(a.log_every), "progress line every N steps")
+      ("trust-plot-layer", po::value(&a.trust_plot_layer)->default_value(a.trust_plot_layer),
+       "layer of the trust heatmap")
+      ("no-plots", po::bool_switch(&a.no_plots), "skip the PNG plots at the end");
+  desc.add(model).add(routing).add(optim).add(faults).add(output);
+}
+
+namespace {
+
+void check_positive(int64_t value, const char* option) {
+  TRUSTEP_CHECK_AS(OptionError, value > 0, "invalid value '{}' for option '{}': must be > 0", value, option);
+}
+
+}  // namespace
+
+train::TrainConfig validate(const TrainArgs& a) {
+  train::TrainConfig c;
+  auto& m = c.model;
+  m.vocab = train::kVocabSize;
+  m.hidden = a.hidden;
+  m.layers = a.layers;
+  m.heads = a.heads;
+  m.kv_heads = a.kv_heads;
+  m.ffn = a.ffn;
+  m.experts = a.experts;
+  m.top_k = a.top_k;
+  m.max_seq = a.seq_len;
+  m.dtype = parse_dtype(a.dtype, "--dtype");
+  TRUSTEP_CHECK_AS(OptionError, m.dtype == at::kFloat || m.dtype == at::kBFloat16,
+                   "invalid value '{}' for option '--dtype': train takes fp32 or bf16", a.dtype);
+  m.comm_dtype = a.comm_dtype.empty() ? m.dtype : parse_dtype(a.comm_dtype, "--comm-dtype");
+  m.selector.mode = routing::parse_mode(a.mode, "--mode");
+  m.selector.alpha = a.alpha;
+  m.selector.epsilon = a.epsilon;
+  m.selector.overflow = routing::parse_overflow(a.overflow, "--overflow");
+  m.selector.capacity_factor = a.capacity_factor;
+  m.selector.experts = a.experts;
+  m.selector.top_k = a.top_k;
+  m.selector.seed = a.seed;
+  m.seed = a.seed;
+  m.check_finite = a.check_finite;
+  m.validate();
+  m.selector.validate();
+
+  c.context_source = train::parse_context_source(a.context_source, "--contexts-from");
+  check_positive(a.contexts, "--contexts");
+  c.contexts = a.contexts;
+  c.trust.prior = a.trust_prior;
+  c.trust.min_evidence = a.trust_min_evidence;
+  c.trust.learning_rate = a.trust_lr;
+  c.trust.experts = a.experts;
+  c.trust.layers = a.layers;
+  c.trust.validate();
+  TRUSTEP_CHECK_AS(OptionError, a.trust_temperature > 0,
+                   "invalid value '{}' for option '--trust-temperature': must be > 0", a.trust_temperature);
+  c.trust_temperature = a.trust_temperature;
+
+  check_positive(a.steps, "--steps");
+  check_positive(a.batch, "--batch");
+  check_positive(a.log_every, "--log-every");
+  TRUSTEP_CHECK_AS(OptionError, a.warmup >= 0 && a.warmup < a.steps,
+                   "invalid value '{}' for option '--warmup': must be in [0, --steps = {})", a.warmup, a.steps);
+  TRUSTEP_CHECK_AS(OptionError, a.lr > 0, "invalid value '{}' for option '--lr': must be > 0", a.lr);
+  TRUSTEP_CHECK_AS(OptionError, a.min_lr >= 0 && a.min_lr <= a.lr,
+                   "invalid value '{}' for option '--min-lr': must be in [0, --lr = {}]", a.min_lr, a.lr);
+  TRUSTEP_CHECK_AS(OptionError, a.clip >= 0, "invalid value '{}' for option '--clip': must be >= 0", a.clip);
+  TRUSTEP_CHECK_AS(OptionError, a.balance_coef >= 0,
+                   "invalid value '{}' for option '--balance-coef': must be >= 0", a.balance_coef);
+  TRUSTEP_CHECK_AS(OptionError, a.z_coef >= 0, "invalid value '{}' for option '--z-coef': must be >= 0", a.z_coef);
+  c.steps = a.steps;
+  c.warmup = a.warmup;
+  c.batch = a.batch;
+  c.lr = a.lr;
+  c.min_lr = a.min_lr;
+  c.clip = a.clip;
+  c.balance_coef = a.balance_coef;
+  c.z_coef = a.z_coef;
+  c.seed = a.seed;
+  c.adamw.weight_decay = a.weight_decay;
+  c.adamw.beta1 = a.beta1;
+  c.adamw.beta2 = a.beta2;
+  c.adamw.validate();
+
+  if (!a.data.empty()) {
+    std::ifstream in(a.data, std::ios::binary);
+    TRUSTEP_CHECK_AS(OptionError, in.good(), "invalid value '{}' for option '--data': cannot read the file", a.data);
+  }
+  c.data = a.data;
+
+  if (!a.poison_expert.empty()) {
+    for (const auto& word : parse_word_list(a.poison_expert, "--poison-expert")) {
+      int64_t e = -1;
+      try {
+        size_t used = 0;
+        e = std::stoll(word, &used);
+        if (used != word.size()) e = -1;
+      } catch (const std::exception&) {
+        e = -1;
+      }
+      TRUSTEP_CHECK_AS(OptionError, e >= 0 && e < a.experts,
+                       "invalid value '{}' for option '--poison-expert': '{}' is not an expert in [0, --experts = {})",
+                       a.poison_expert, word, a.experts);
+      c.poison_experts.push_back(e);
+    }
+  }
+  TRUSTEP_CHECK_AS(OptionError, a.poison_from >= 0, "invalid value '{}' for option '--poison-from': must be >= 0",
+                   a.poison_from);
+  c.poison_from = a.poison_from;
+
+  TRUSTEP_CHECK_AS(OptionError, !a.out.empty(), "option '--out' needs a directory");
+  std::error_code ec;
+  std::filesystem::create_directories(a.out, ec);
+  TRUSTEP_CHECK_AS(OptionError, !ec && std::filesystem::is_directory(a.out),
+                   "invalid value '{}' for option '--out': cannot create the directory ({})", a.out, ec.message());
+  c.out = a.out;
+  TRUSTEP_CHECK_AS(OptionError, a.checkpoint_every >= 0,
+                   "invalid value '{}' for option '--checkpoint-every': must be >= 0", a.checkpoint_every);
+  TRUSTEP_CHECK_AS(OptionError, a.keep_last >= 0, "invalid value '{}' for option '--keep-last': must be >= 0",
+                   a.keep_last);
+  TRUSTEP_CHECK_AS(OptionError, a.stop_after >= 0, "invalid value '{}' for option '--stop-after': must be >= 0",
+                   a.stop_after);
+  TRUSTEP_CHECK_AS(OptionError, a.trust_plot_layer >= 0 && a.trust_plot_layer < a.layers,
+                   "invalid value '{}' for option '--trust-plot-layer': must be in [0, --layers = {})",
+                   a.trust_plot_layer, a.layers);
+  c.checkpoint_every = a.checkpoint_every;
+  c.keep_last = a.keep_last;
+  c.stop_after = a.stop_after;
+  c.resume = a.resume;
+  c.log_every = a.log_every;
+  c.plots = !a.no_plots;
+  c.trust_plot_layer = a.trust_plot_layer;
+  return c;
+}
+
+int run_train_command(comm::Communicator& comm, const train::TrainConfig& config) {
+  // Every rank evaluates the same condition, so the error is collective: a clean exit, no abort.
+  if (config.model.experts % comm.size() != 0)
+    throw OptionError(fmt::format("invalid value '{}' for option '--experts': must be a multiple of the world size "
+                                  "({} ranks)",
+                                  config.model.experts, comm.size()),
+                      TRUSTEP_ORIGIN, /*collective=*/true);
+  return train::run_train(comm, config);
+}
+
+// ---- infer ----------------------------------------------------------------------------------
+
+void add_infer_options(po::options_description& desc, InferArgs& a) {
+  desc.add_options()
+      ("checkpoint", po::value(&a.checkpoint), "checkpoint root (follows 'latest') or step directory")
+      ("prompt", po::value(&a.prompt), "prompt text (bytes)")
+      ("max-new-tokens", po::value(&a.max_new_tokens)->default_value(a.max_new_tokens), "tokens to generate")
+      ("temperature", po::value(&a.temperature)->default_value(a.temperature), "0: greedy; > 0: sampling")
+      ("seed", po::value(&a.seed)->default_value(a.seed), "sampling seed (identical on every rank)")
+      ("context", po::value(&a.context)->default_value(a.context),
+       "context of the prompt's tokens for trust routing: a label name or index, or auto (from the prompt's "
+       "task prefix)")
+      ("mode", po::value(&a.mode), "selector mode (default: the one the model was trained with)");
+}
+
+void validate(const InferArgs& a) {
+  TRUSTEP_CHECK_AS(OptionError, !a.checkpoint.empty(), "infer: option '--checkpoint' is required");
+  TRUSTEP_CHECK_AS(OptionError, !a.prompt.empty(), "infer: option '--prompt' is required (non-empty text)");
+  TRUSTEP_CHECK_AS(OptionError, a.max_new_tokens > 0, "invalid value '{}' for option '--max-new-tokens': must be > 0",
+                   a.max_new_tokens);
+  TRUSTEP_CHECK_AS(OptionError, a.temperature >= 0, "invalid value '{}' for option '--temperature': must be >= 0",
+                   a.temperature);
+  if (!a.mode.empty()) routing::parse_mode(a.mode, "--mode");
+}
+
+namespace {
+
+// The context index of the prompt for label-trained models.
+int64_t prompt_context(const InferArgs& a, const std::vector<std::string>& names) {
+  if (a.context != "auto") {
+    for (size_t i = 0; i < names.size(); ++i)
+      if (names[i] == a.context) return static_cast<int64_t>(i);
+    try {
+      size_t used = 0;
+      const int64_t c = std::stoll(a.context, &used);
+      if (used == a.context.size() && c >= 0 && c < static_cast<int64_t>(names.size())) return c;
+    } catch (const std::exception&) {
+    }
+    throw OptionError(fmt::format("invalid value '{}' for option '--context': expected one of {} or an index below {}",
+                                  a.context, nlohmann::json(names).dump(), names.size()),
+                      TRUSTEP_ORIGIN, /*collective=*/true);
+  }
+  const int64_t guess = train::context_of_prompt(a.prompt);
+  return guess >= 0 && guess < static_cast<int64_t>(names.size()) ? guess : 0;
+}
+
+}  // namespace
+
+int run_infer(comm::Communicator& comm, const InferArgs& a) {
+  const train::Checkpoint ck = train::Checkpoint::open(a.checkpoint);
+  model::ModelConfig config = model::ModelConfig::from_json(ck.meta().at("model"));
+  if (!a.mode.empty()) config.selector.mode = routing::parse_mode(a.mode, "--mode");
+  if (config.experts % comm.size() != 0)
+    throw OptionError(fmt::format("infer: the checkpoint's {} experts cannot be split over {} ranks", config.experts,
+                                  comm.size()),
+                      TRUSTEP_ORIGIN, /*collective=*/true);
+  const auto& train_meta = ck.meta().at("train");
+  const bool kmeans = train_meta.at("context_source") == "kmeans";
+  const int64_t contexts = train_meta.at("contexts").get<int64_t>();
+  const auto names = train_meta.at("context_names").get<std::vector<std::string>>();
+
+  model::TransformerLM lm(config, comm);
+  train::ModelParameters params(*lm, comm.rank(), comm.size());
+  params.load(ck, nullptr);
+  trust::TrustConfig tc;
+  tc.layers = config.layers;
+  tc.contexts = contexts;
+  tc.experts = config.experts;
+  trust::TrustTable trust(tc, c10::Device(c10::kCPU));
+  std::vector<routing::ContextClassifier> classifiers;
+  trust::RoutingStateRefs refs;
+  refs.trust = &trust;
+  if (kmeans) {
+    for (int64_t l = 0; l < config.layers; ++l) {
+      routing::ContextConfig cc;
+      cc.contexts = contexts;
+      cc.dim = config.hidden;
+      classifiers.emplace_back(cc, c10::Device(c10::kCPU), config.dtype);
+    }
+    for (auto& c : classifiers) refs.contexts.push_back(&c);
+  }
+  trust::load_routing_state(ck.file("routing.safetensors"), refs);
+  const int64_t label = kmeans ? -1 : prompt_context(a, names);
+
+  const model::RoutingHook hook = [&](int layer, const at::Tensor& x) {
+    const at::Tensor ctx = kmeans ? classifiers[static_cast<size_t>(layer)].classify(x.detach())
+                                  : at::full({x.size(0)}, label, at::kLong);
+    routing::SelectorInputs in;
+    routing::fill_context_trust(in, trust.effective(layer), trust.evidenced_experts(layer), ctx, config.top_k);
+    return in;
+  };
+  std::vector<int64_t> prompt{train::kBos};
+  for (unsigned char ch : a.prompt) prompt.push_back(ch);
+  TRUSTEP_CHECK_AS(OptionError,
+                   static_cast<int64_t>(prompt.size()) + a.max_new_tokens <= config.max_seq,
+                   "infer: prompt ({} tokens with BOS) + --max-new-tokens {} exceeds the model's context of {} "
+                   "tokens",
+                   prompt.size(), a.max_new_tokens, config.max_seq);
+
+  c10::NoGradGuard no_grad;
+  lm->eval();
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<int64_t> out = lm->generate(prompt, a.max_new_tokens, a.temperature, a.seed, train::kEos, hook);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (comm.rank() == 0) {
+    std::string text;
+    for (int64_t t : out)
+      if (t < 256) text.push_back(static_cast<char>(t));
+    fmt::print("{}{}\n", a.prompt, text);
+    fmt::print(stderr, "infer: {} new tokens in {:.3f} s ({:.1f} tokens/s, prompt {} tokens, {} ranks, context {})\n",
+               out.size(), s, static_cast<double>(out.size()) / std::max(s, 1e-9), prompt.size(), comm.size(),
+               kmeans ? "kmeans" : names[static_cast<size_t>(label)]);
+  }
+  return 0;
+}
+
+}  // namespace trustep::cli

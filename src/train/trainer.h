@@ -1,0 +1,61 @@
+// The training loop: expert parallelism for the MoE experts, data parallelism for everything
+// else, AdamW with fp32 masters, warm-up + cosine learning rate, global-norm clipping, trust
+// updates every step from per-token quality, optional expert poisoning, JSONL metrics, plots
+// and sharded checkpoints that resume bit for bit (docs/training.md).
+#pragma once
+
+#include "comm/communicator.h"
+#include "model/transformer.h"
+#include "train/optimizer.h"
+#include "trust/trust_table.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace trustep::train {
+
+// Where each token's context comes from: the data's label (task family) or the nearest
+// centroid of the MoE input (online k-means per layer).
+enum class ContextSource { kLabels, kKMeans };
+ContextSource parse_context_source(const std::string& name, const std::string& option);
+const char* context_source_name(ContextSource source);
+
+struct TrainConfig {
+  model::ModelConfig model;
+  AdamWConfig adamw;
+  // data
+  std::string data;      // text file; empty: the built-in synthetic corpus
+  int64_t batch = 16;    // sequences per rank per step
+  // schedule
+  int64_t steps = 300;
+  int64_t warmup = 20;
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  double clip = 1.0;           // global gradient norm; 0 = off
+  double balance_coef = 0.01;  // switch load-balancing loss weight
+  double z_coef = 1e-3;        // router z-loss weight
+  uint64_t seed = 0;
+  // trust
+  ContextSource context_source = ContextSource::kLabels;
+  int64_t contexts = 4;  // k-means clusters (labels: from the data)
+  trust::TrustConfig trust;
+  double trust_temperature = 1.0;
+  // fault injection
+  std::vector<int64_t> poison_experts;
+  int64_t poison_from = 0;
+  // output
+  std::string out;               // run directory: metrics.jsonl, plots, checkpoints/
+  int64_t checkpoint_every = 0;  // 0: only at the end
+  int64_t keep_last = 2;         // checkpoints kept (0: all)
+  std::string resume;            // checkpoint root or step dir; "auto": OUT/checkpoints if present
+  int64_t log_every = 10;
+  bool plots = true;
+  int64_t trust_plot_layer = 0;
+  int64_t stop_after = 0;  // > 0: stop (with a checkpoint) after this many steps of this run
+};
+
+// Collective. Returns the process exit code.
+int run_train(comm::Communicator& comm, const TrainConfig& config);
+
+}  // namespace trustep::train
