@@ -60,6 +60,8 @@ class MoELayerImpl : public torch::nn::Module {
   // Experts outside [0, E) → OptionError naming '--poison-experts'.
   void set_poison(std::vector<int64_t> global_experts, uint64_t seed);
   void clear_poison();
+  // Restarts the selector's exploration RNG (trust-first ε) at `seed` (see Selector::reseed).
+  void reseed_selector(uint64_t seed) { selector_.reseed(seed); }
   void set_call_counter(uint64_t counter) { poison_calls_ = counter; }
   bool poisoned() const { return !poison_.empty(); }
   const std::vector<int64_t>& poisoned_experts() const { return poison_; }

@@ -73,6 +73,9 @@ class Selector {
  public:
   Selector(const SelectorConfig& config, c10::Device device);
   const SelectorConfig& config() const { return config_; }
+  // Restarts the exploration RNG at `seed`; a trainer calls it every step (seed from the step)
+  // so that a resumed run explores exactly as an uninterrupted one.
+  void reseed(uint64_t seed) { generator_.set_current_seed(seed); }
   Selection select(const SelectorInputs& in, SelectorImpl impl = SelectorImpl::kAuto);
 
  private:

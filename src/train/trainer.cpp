@@ -169,6 +169,7 @@ class Trainer {
     const bool poisoned = !config_.poison_experts.empty() && step >= config_.poison_from;
     for (int64_t l = 0; l < L; ++l) {
       auto& moe = model_->moe(l);
+      moe->reseed_selector(config_.seed * 7919 + static_cast<uint64_t>(step * L + l));
       if (poisoned)
         moe->set_poison(config_.poison_experts, config_.seed * 1000003 + static_cast<uint64_t>(step));
       else
