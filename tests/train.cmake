@@ -77,3 +77,7 @@ cli_test(train_resume_other_model --exit 1
   --match "checkpoint '.*' holds a different model: hidden is 128 there, 64 here"
   -- ${TRAIN_CLI} train --backend self --hidden 64 --out ${TRAIN_DIR}/other --resume ${TRAIN_DIR}/tiny/checkpoints)
 set_tests_properties(cli.train_resume_other_model PROPERTIES FIXTURES_REQUIRED tiny_run)
+# A checkpoint that cannot be read fails every rank together (no abort, no hang).
+cli_test(infer_missing_checkpoint_every_rank --exit 1 --lines 2
+  --match "infer: --checkpoint /no/such/ckpt: .*/no/such/ckpt.* .on every rank.$"
+  -- ${MPIRUN} -np 2 ${TRAIN_CLI} infer --checkpoint /no/such/ckpt --prompt "cpy:ab=")

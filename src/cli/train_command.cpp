@@ -263,69 +263,86 @@ int64_t prompt_context(const InferArgs& a, const std::vector<std::string>& names
     }
     throw OptionError(fmt::format("invalid value '{}' for option '--context': expected one of {} or an index below {}",
                                   a.context, nlohmann::json(names).dump(), names.size()),
-                      TRUSTEP_ORIGIN, /*collective=*/true);
+                      TRUSTEP_ORIGIN);
   }
   const int64_t guess = train::context_of_prompt(a.prompt);
   return guess >= 0 && guess < static_cast<int64_t>(names.size()) ? guess : 0;
 }
 
-}  // namespace
+// A checkpoint loaded under this world's expert layout, with the routing state it was saved with.
+struct LoadedModel {
+  model::ModelConfig config;
+  model::TransformerLM lm{nullptr};
+  std::unique_ptr<trust::TrustTable> trust;
+  std::vector<routing::ContextClassifier> classifiers;  // kmeans contexts, per layer
+  std::vector<std::string> context_names;
+  int64_t label = -1;  // labels contexts: the prompt's
+};
 
-int run_infer(comm::Communicator& comm, const InferArgs& a) {
+void load_model(comm::Communicator& comm, const InferArgs& a, LoadedModel& m) {
   const train::Checkpoint ck = train::Checkpoint::open(a.checkpoint);
-  model::ModelConfig config = model::ModelConfig::from_json(ck.meta().at("model"));
-  if (!a.mode.empty()) config.selector.mode = routing::parse_mode(a.mode, "--mode");
-  if (config.experts % comm.size() != 0)
-    throw OptionError(fmt::format("infer: the checkpoint's {} experts cannot be split over {} ranks", config.experts,
-                                  comm.size()),
-                      TRUSTEP_ORIGIN, /*collective=*/true);
+  m.config = model::ModelConfig::from_json(ck.meta().at("model"));
+  if (!a.mode.empty()) m.config.selector.mode = routing::parse_mode(a.mode, "--mode");
+  TRUSTEP_CHECK_AS(OptionError, m.config.experts % comm.size() == 0,
+                   "infer: the checkpoint's {} experts cannot be split over {} ranks", m.config.experts, comm.size());
   const auto& train_meta = ck.meta().at("train");
   const bool kmeans = train_meta.at("context_source") == "kmeans";
   const int64_t contexts = train_meta.at("contexts").get<int64_t>();
-  const auto names = train_meta.at("context_names").get<std::vector<std::string>>();
+  m.context_names = train_meta.at("context_names").get<std::vector<std::string>>();
 
-  model::TransformerLM lm(config, comm);
-  train::ModelParameters params(*lm, comm.rank(), comm.size());
+  m.lm = model::TransformerLM(m.config, comm);
+  train::ModelParameters params(*m.lm, comm.rank(), comm.size());
   params.load(ck, nullptr);
   trust::TrustConfig tc;
-  tc.layers = config.layers;
+  tc.layers = m.config.layers;
   tc.contexts = contexts;
-  tc.experts = config.experts;
-  trust::TrustTable trust(tc, c10::Device(c10::kCPU));
-  std::vector<routing::ContextClassifier> classifiers;
+  tc.experts = m.config.experts;
+  m.trust = std::make_unique<trust::TrustTable>(tc, c10::Device(c10::kCPU));
   trust::RoutingStateRefs refs;
-  refs.trust = &trust;
-  if (kmeans) {
-    for (int64_t l = 0; l < config.layers; ++l) {
-      routing::ContextConfig cc;
-      cc.contexts = contexts;
-      cc.dim = config.hidden;
-      classifiers.emplace_back(cc, c10::Device(c10::kCPU), config.dtype);
-    }
-    for (auto& c : classifiers) refs.contexts.push_back(&c);
+  refs.trust = m.trust.get();
+  for (int64_t l = 0; kmeans && l < m.config.layers; ++l) {
+    routing::ContextConfig cc;
+    cc.contexts = contexts;
+    cc.dim = m.config.hidden;
+    m.classifiers.emplace_back(cc, c10::Device(c10::kCPU), m.config.dtype);
   }
+  for (auto& c : m.classifiers) refs.contexts.push_back(&c);
   trust::load_routing_state(ck.file("routing.safetensors"), refs);
-  const int64_t label = kmeans ? -1 : prompt_context(a, names);
+  if (!kmeans) m.label = prompt_context(a, m.context_names);
+}
 
+}  // namespace
+
+int run_infer(comm::Communicator& comm, const InferArgs& a) {
+  LoadedModel m;
+  comm.fail_together([&] { load_model(comm, a, m); }, "infer: --checkpoint " + a.checkpoint);
+  const model::ModelConfig& config = m.config;
+  const bool kmeans = !m.classifiers.empty();
   const model::RoutingHook hook = [&](int layer, const at::Tensor& x) {
-    const at::Tensor ctx = kmeans ? classifiers[static_cast<size_t>(layer)].classify(x.detach())
-                                  : at::full({x.size(0)}, label, at::kLong);
+    const at::Tensor ctx = kmeans ? m.classifiers[static_cast<size_t>(layer)].classify(x.detach())
+                                  : at::full({x.size(0)}, m.label, at::kLong);
     routing::SelectorInputs in;
-    routing::fill_context_trust(in, trust.effective(layer), trust.evidenced_experts(layer), ctx, config.top_k);
+    routing::fill_context_trust(in, m.trust->effective(layer), m.trust->evidenced_experts(layer), ctx, config.top_k);
     return in;
   };
   std::vector<int64_t> prompt{train::kBos};
   for (unsigned char ch : a.prompt) prompt.push_back(ch);
-  TRUSTEP_CHECK_AS(OptionError,
-                   static_cast<int64_t>(prompt.size()) + a.max_new_tokens <= config.max_seq,
-                   "infer: prompt ({} tokens with BOS) + --max-new-tokens {} exceeds the model's context of {} "
-                   "tokens",
-                   prompt.size(), a.max_new_tokens, config.max_seq);
+  // Every rank evaluates the same condition, so these errors are collective (no abort).
+  const int64_t room = config.max_seq - static_cast<int64_t>(prompt.size()) + 1;
+  if (room < 1)
+    throw OptionError(fmt::format("invalid value for option '--prompt': {} tokens with BOS exceed the model's context "
+                                  "of {} tokens (--seq-len it was trained with)",
+                                  prompt.size(), config.max_seq),
+                      TRUSTEP_ORIGIN, /*collective=*/true);
+  const int64_t max_new = std::min(a.max_new_tokens, room);
+  if (max_new < a.max_new_tokens && comm.rank() == 0)
+    log::warn("infer: generating at most {} tokens: the model's context is {} tokens", max_new, config.max_seq);
 
   c10::NoGradGuard no_grad;
+  model::TransformerLM& lm = m.lm;
   lm->eval();
   const auto t0 = std::chrono::steady_clock::now();
-  const std::vector<int64_t> out = lm->generate(prompt, a.max_new_tokens, a.temperature, a.seed, train::kEos, hook);
+  const std::vector<int64_t> out = lm->generate(prompt, max_new, a.temperature, a.seed, train::kEos, hook);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (comm.rank() == 0) {
     std::string text;
@@ -334,7 +351,7 @@ int run_infer(comm::Communicator& comm, const InferArgs& a) {
     fmt::print("{}{}\n", a.prompt, text);
     fmt::print(stderr, "infer: {} new tokens in {:.3f} s ({:.1f} tokens/s, prompt {} tokens, {} ranks, context {})\n",
                out.size(), s, static_cast<double>(out.size()) / std::max(s, 1e-9), prompt.size(), comm.size(),
-               kmeans ? "kmeans" : names[static_cast<size_t>(label)]);
+               kmeans ? "kmeans" : m.context_names[static_cast<size_t>(m.label)]);
   }
   return 0;
 }

@@ -6,6 +6,8 @@
 
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
+#include <cstring>
 #include <numeric>
 
 namespace trustep::comm {
@@ -155,6 +157,45 @@ void Communicator::check_agreement(uint64_t value, const std::string& what) {
                                   "every rank]",
                                   what, static_cast<uint64_t>(all[0]), r, static_cast<uint64_t>(all[r])),
                       TRUSTEP_ORIGIN, /*collective=*/true);
+}
+
+void Communicator::fail_together(const std::function<void()>& work, const std::string& what) {
+  std::string mine;
+  try {
+    work();
+  } catch (const std::exception& e) {
+    mine = e.what();
+    if (mine.empty()) mine = "unknown error";
+  }
+  // Lengths first, then every rank's text packed into int64 words.
+  const auto lengths = all_gather_i64({static_cast<int64_t>(mine.size())}, what + ".lengths");
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  if (longest == 0) return;
+  const size_t words = static_cast<size_t>((longest + 7) / 8);
+  std::vector<int64_t> packed(words, 0);
+  std::memcpy(packed.data(), mine.data(), mine.size());
+  const auto all = all_gather_i64(packed, what);
+  std::vector<std::string> texts;
+  for (size_t r = 0; r < lengths.size(); ++r)
+    texts.emplace_back(reinterpret_cast<const char*>(all.data() + r * words), static_cast<size_t>(lengths[r]));
+  std::string first;
+  std::vector<std::string> failed;
+  bool same = true;
+  for (size_t r = 0; r < texts.size(); ++r) {
+    if (texts[r].empty()) {
+      same = false;
+      continue;
+    }
+    if (first.empty()) first = texts[r];
+    same = same && texts[r] == first;
+    failed.push_back(fmt::format("rank {}: {}", r, texts[r]));
+  }
+  if (same) throw Error(fmt::format("{}: {} [on every rank]", what, first), TRUSTEP_ORIGIN, /*collective=*/true);
+  std::string joined;
+  for (const auto& f : failed) joined += (joined.empty() ? "" : "; ") + f;
+  throw Error(fmt::format("{}: failed on {} of {} ranks: {} [raised on every rank]", what, failed.size(),
+                          texts.size(), joined),
+              TRUSTEP_ORIGIN, /*collective=*/true);
 }
 
 }  // namespace trustep::comm

@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,6 +70,12 @@ class Communicator {
 
   // Throws the same CommError on every rank unless all ranks pass the same value.
   void check_agreement(uint64_t value, const std::string& what);
+
+  // Runs `work` (no collectives inside) on every rank, then lets the ranks compare notes: if it
+  // threw anywhere, every rank throws the same collective Error naming `what`, the failing
+  // ranks and their messages (one message when all agree). Local failures such as a bad file
+  // then end the job cleanly on every rank instead of aborting it from one.
+  void fail_together(const std::function<void()>& work, const std::string& what);
 
   // Waits until this rank's collectives have finished on the device (NCCL runs them on the
   // current CUDA stream); a no-op for host backends, whose collectives are synchronous.

@@ -103,7 +103,7 @@ class Trainer {
     const fs::path checkpoints = out / "checkpoints";
     int64_t start = 0;
     const std::string resume = resolve_resume(checkpoints);
-    if (!resume.empty()) start = load(resume);
+    if (!resume.empty()) comm_.fail_together([&] { start = load(resume); }, "train: --resume " + resume);
     if (comm_.rank() == 0) open_metrics(metrics_path, start);
 
     const int64_t L = config_.model.layers;
@@ -478,8 +478,9 @@ class Trainer {
 }  // namespace
 
 int run_train(comm::Communicator& comm, const TrainConfig& config) {
-  Trainer trainer(comm, config);
-  return trainer.run();
+  std::unique_ptr<Trainer> trainer;
+  comm.fail_together([&] { trainer = std::make_unique<Trainer>(comm, config); }, "train: setup");
+  return trainer->run();
 }
 
 }  // namespace trustep::train

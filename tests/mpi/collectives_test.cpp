@@ -3,6 +3,7 @@
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
 #include "core/dtype.h"
+#include "core/error.h"
 #include "mpi_test_util.h"
 
 #ifdef TRUSTEP_HAVE_CUDA
@@ -13,6 +14,7 @@
 #include <ATen/ops/full.h>
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <numeric>
 
 namespace trustep {
@@ -134,6 +136,31 @@ TEST(Collectives, AllGatherStacksRanksInOrder) {
   for (int p = 0; p < comm->size(); ++p) EXPECT_TRUE(all[p].equal(at::full({2, 3}, p * 1.5, at::kFloat)));
   const at::Tensor strided = at::full({3, 2}, comm->rank(), at::kLong).t();  // gathered as a contiguous copy
   EXPECT_EQ(comm->all_gather(strided).sizes(), (c10::IntArrayRef{comm->size(), 2, 3}));
+}
+
+// A local failure becomes the same collective error on every rank; success stays silent.
+TEST(Collectives, FailTogetherRaisesTheSameErrorEverywhere) {
+  auto comm = make_mpi_comm();
+  const int last = comm->size() - 1;
+  comm->fail_together([] {}, "nothing fails");
+  auto error_of = [&](const std::function<void()>& work) -> std::pair<std::string, bool> {
+    try {
+      comm->fail_together(work, "loading");
+    } catch (const Error& e) {
+      return {e.what(), e.collective()};
+    }
+    return {"no error", false};
+  };
+  const auto one = error_of([&] {
+    if (comm->rank() == last) throw Error("disk on fire", TRUSTEP_ORIGIN);
+  });
+  EXPECT_TRUE(one.second);
+  EXPECT_EQ(one.first, comm->size() == 1 ? "loading: disk on fire [on every rank]"
+                                         : fmt::format("loading: failed on 1 of {} ranks: rank {}: disk on fire [raised "
+                                                       "on every rank]",
+                                                       comm->size(), last));
+  const auto all = error_of([] { throw OptionError("bad shape", TRUSTEP_ORIGIN); });
+  EXPECT_EQ(all.first, "loading: bad shape [on every rank]");
 }
 
 TEST(Collectives, BroadcastFromTheLastRank) {
