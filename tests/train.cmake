@@ -81,3 +81,13 @@ set_tests_properties(cli.train_resume_other_model PROPERTIES FIXTURES_REQUIRED t
 cli_test(infer_missing_checkpoint_every_rank --exit 1 --lines 2
   --match "infer: --checkpoint /no/such/ckpt: .*/no/such/ckpt.* .on every rank.$"
   -- ${MPIRUN} -np 2 ${TRAIN_CLI} infer --checkpoint /no/such/ckpt --prompt "cpy:ab=")
+
+# The poisoned-expert run (docs/trust.md): under trust-first routing the poisoned expert ends
+# with less trust and less traffic than the others (deterministic: seed 0, 2 ranks).
+add_test(NAME train.poisoned_expert_loses_trust_and_traffic COMMAND sh -c "\
+  set -e; rm -rf ${TRAIN_DIR}/poison; \
+  ${MPIRUN_SH} -np 2 ${TRAIN_CLI} train --config ${PROJECT_SOURCE_DIR}/configs/tiny.ini --out ${TRAIN_DIR}/poison \
+    --mode trust-first --poison-expert 3 --poison-from 100 --no-plots; \
+  ${CHECKS} poison ${TRAIN_DIR}/poison/metrics.jsonl; echo poison-check-passed")
+set_tests_properties(train.poisoned_expert_loses_trust_and_traffic PROPERTIES ENVIRONMENT "${MPI_TEST_ENV}"
+  TIMEOUT 600 PROCESSORS 2 PASS_REGULAR_EXPRESSION "expert 3: trust .*poison-check-passed")

@@ -49,7 +49,10 @@ void add_train_options(po::options_description& desc, TrainArgs& a) {
        "token-slot uses before stored trust replaces the prior")
       ("trust-lr", po::value(&a.trust_lr)->default_value(a.trust_lr), "EMA rate η of the trust update")
       ("trust-temperature", po::value(&a.trust_temperature)->default_value(a.trust_temperature),
-       "temperature of the per-token quality sigmoid");
+       "temperature of the per-token quality sigmoid")
+      ("trust-baseline", po::value(&a.trust_baseline)->default_value(a.trust_baseline),
+       "a token's loss is compared with the mean of its context, or of its (context, target token) bucket "
+       "(context-target: controls for token difficulty)");
   po::options_description optim("optimisation");
   optim.add_options()
       ("steps", po::value(&a.steps)->default_value(a.steps), "total optimisation steps")
@@ -135,6 +138,7 @@ train::TrainConfig validate(const TrainArgs& a) {
   TRUSTEP_CHECK_AS(OptionError, a.trust_temperature > 0,
                    "invalid value '{}' for option '--trust-temperature': must be > 0", a.trust_temperature);
   c.trust_temperature = a.trust_temperature;
+  c.trust_baseline = train::parse_trust_baseline(a.trust_baseline, "--trust-baseline");
 
   check_positive(a.steps, "--steps");
   check_positive(a.batch, "--batch");

@@ -16,7 +16,7 @@ struct TrainArgs {
   int64_t hidden = 64, layers = 2, heads = 4, kv_heads = 2, ffn = 128, experts = 8, top_k = 2, seq_len = 48;
   std::string dtype = "fp32", comm_dtype;
   // routing
-  std::string mode = "blend", overflow = "dropless", context_source = "labels";
+  std::string mode = "blend", overflow = "dropless", context_source = "labels", trust_baseline = "context-target";
   double alpha = 0.5, epsilon = 0.0, capacity_factor = 1.25;
   int64_t contexts = 4;
   double trust_prior = 0.5, trust_min_evidence = 16, trust_lr = 0.1, trust_temperature = 1.0;

@@ -39,6 +39,17 @@ const char* context_source_name(ContextSource source) {
   return source == ContextSource::kLabels ? "labels" : "kmeans";
 }
 
+TrustBaseline parse_trust_baseline(const std::string& name, const std::string& option) {
+  if (name == "context") return TrustBaseline::kContext;
+  if (name == "context-target") return TrustBaseline::kContextTarget;
+  throw OptionError(fmt::format("invalid value '{}' for option '{}': expected context or context-target", name, option),
+                    TRUSTEP_ORIGIN);
+}
+
+const char* trust_baseline_name(TrustBaseline baseline) {
+  return baseline == TrustBaseline::kContext ? "context" : "context-target";
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -262,25 +273,31 @@ class Trainer {
     m.counters = per_layer.slice(1, E, E + 6);
     routing_totals_ += per_layer;
 
-    update_trust(nll.detach(), mask, label_ctx, layer_ctx, out.selections);
+    update_trust(nll.detach(), mask, batch.targets.reshape({T}), label_ctx, layer_ctx, out.selections);
     return m;
   }
 
   // Credits each (layer, context, expert) a token used with the token's quality, then applies
   // the step on every rank (docs/trust-model.md).
-  void update_trust(const at::Tensor& nll, const at::Tensor& mask, const at::Tensor& label_ctx,
-                    const std::vector<at::Tensor>& layer_ctx, const std::vector<routing::Selection>& selections) {
+  void update_trust(const at::Tensor& nll, const at::Tensor& mask, const at::Tensor& targets,
+                    const at::Tensor& label_ctx, const std::vector<at::Tensor>& layer_ctx,
+                    const std::vector<routing::Selection>& selections) {
     c10::NoGradGuard no_grad;
     const at::Tensor idx = mask.nonzero().squeeze(1);
     const at::Tensor loss = nll.index_select(0, idx);
+    const at::Tensor target = targets.index_select(0, idx);
+    // Quality of every counted token against the mean loss of its baseline bucket (all ranks).
+    const int64_t V = config_.model.vocab;
+    const bool by_target = config_.trust_baseline == TrustBaseline::kContextTarget;
+    auto quality_of = [&](const at::Tensor& ctx) {
+      return by_target ? trust::token_quality(loss, ctx * V + target, contexts_ * V, config_.trust_temperature, &comm_)
+                       : trust::token_quality(loss, ctx, contexts_, config_.trust_temperature, &comm_);
+    };
     at::Tensor quality;
-    if (classifiers_.empty()) quality = trust::token_quality(loss, label_ctx.index_select(0, idx), contexts_,
-                                                             config_.trust_temperature, &comm_);
+    if (classifiers_.empty()) quality = quality_of(label_ctx.index_select(0, idx));
     for (size_t l = 0; l < selections.size(); ++l) {
       const at::Tensor ctx = layer_ctx[l].index_select(0, idx);
-      const at::Tensor q = classifiers_.empty()
-                               ? quality
-                               : trust::token_quality(loss, ctx, contexts_, config_.trust_temperature, &comm_);
+      const at::Tensor q = classifiers_.empty() ? quality : quality_of(ctx);
       trust_->credit(static_cast<int64_t>(l), ctx, selections[l].experts.index_select(0, idx),
                      selections[l].weights.detach().index_select(0, idx), q);
     }
@@ -310,6 +327,7 @@ class Trainer {
                   {"context_source", context_source_name(config_.context_source)},
                   {"contexts", contexts_},
                   {"context_names", context_names_},
+                  {"trust_baseline", trust_baseline_name(config_.trust_baseline)},
                   {"poison_experts", config_.poison_experts},
                   {"poison_from", config_.poison_from}};
     j["step"] = step;

@@ -21,6 +21,14 @@ enum class ContextSource { kLabels, kKMeans };
 ContextSource parse_context_source(const std::string& name, const std::string& option);
 const char* context_source_name(ContextSource source);
 
+// The baseline a token's loss is compared with to make its quality: the mean loss of its
+// context, or of its (context, target token) bucket. The second controls for how hard the
+// token is (a format character vs an answer digit), which otherwise dominates: without it an
+// expert's trust mostly says how easy the tokens routed to it are (docs/trust.md).
+enum class TrustBaseline { kContext, kContextTarget };
+TrustBaseline parse_trust_baseline(const std::string& name, const std::string& option);
+const char* trust_baseline_name(TrustBaseline baseline);
+
 struct TrainConfig {
   model::ModelConfig model;
   AdamWConfig adamw;
@@ -41,6 +49,7 @@ struct TrainConfig {
   int64_t contexts = 4;  // k-means clusters (labels: from the data)
   trust::TrustConfig trust;
   double trust_temperature = 1.0;
+  TrustBaseline trust_baseline = TrustBaseline::kContextTarget;
   // fault injection
   std::vector<int64_t> poison_experts;
   int64_t poison_from = 0;
