@@ -240,8 +240,7 @@ class Trainer {
           .copy_(at::stack({c.substituted, c.unfilled, c.dropped, c.rerouted, c.trust_routed, c.explored})
                      .to(at::kDouble));
     }
-    // Doubles travel as float pairs? No: the communicator reduces any float dtype; the
-    // replicated gradient block is fp32, the report fp64, in one message each way.
+    // Gradients and report share one fp64 message (fp32 gradients are exact in fp64).
     at::Tensor grads = pieces.empty() ? at::zeros({0}, at::kFloat) : at::cat(pieces);
     const int64_t n_grads = grads.numel();
     at::Tensor flat = at::cat({grads.to(at::kDouble), report});
