@@ -91,3 +91,12 @@ add_test(NAME train.poisoned_expert_loses_trust_and_traffic COMMAND sh -c "\
   ${CHECKS} poison ${TRAIN_DIR}/poison/metrics.jsonl; echo poison-check-passed")
 set_tests_properties(train.poisoned_expert_loses_trust_and_traffic PROPERTIES ENVIRONMENT "${MPI_TEST_ENV}"
   TIMEOUT 600 PROCESSORS 2 PASS_REGULAR_EXPRESSION "expert 3: trust .*poison-check-passed")
+
+# Plain text (--data, a disjoint byte range per rank) with k-means contexts per layer.
+add_test(NAME train.text_file_with_kmeans_contexts COMMAND sh -c "\
+  set -e; rm -rf ${TRAIN_DIR}/text; \
+  ${MPIRUN_SH} -np 2 ${TRAIN_CLI} train ${SMALL} --steps 6 --data ${PROJECT_SOURCE_DIR}/README.md \
+    --contexts-from kmeans --contexts 3 --mode trust-first --trust-min-evidence 4 --out ${TRAIN_DIR}/text; \
+  ${TRAIN_CLI} inspect --backend self --checkpoint ${TRAIN_DIR}/text/checkpoints")
+set_tests_properties(train.text_file_with_kmeans_contexts PROPERTIES ENVIRONMENT "${MPI_TEST_ENV}" TIMEOUT 120
+  PROCESSORS 2 PASS_REGULAR_EXPRESSION "train: 6 steps in.*cluster2 ")
