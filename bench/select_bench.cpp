@@ -318,7 +318,7 @@ HostLoopSelection host_loop_select(const routing::SelectorConfig& config, const 
       const int64_t e = idx[j];
       experts[t * k + j] = e;
       scores[t * k + j] = s[e];
-      weights[t * k + j] = total > 0 ? p[e] / total : 0.0f;
+      weights[t * k + j] = k == 1 ? p[e] : total > 0 ? p[e] / total : 0.0f;  // top-1: p itself
       ++load[e];
     }
   }

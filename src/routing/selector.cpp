@@ -239,6 +239,9 @@ std::pair<at::Tensor, at::Tensor> apply_capacity(const SelectorConfig& config, c
 at::Tensor gate_weights(const at::Tensor& probs, const at::Tensor& experts) {
   const at::Tensor used = experts >= 0;
   const at::Tensor picked = probs.gather(1, experts.clamp_min(0)) * used;  // [T, k], keeps autograd
+  // k = 1: renormalising would make every weight 1 and cut the router off from the loss's
+  // gradient, so the weight is the probability itself (Switch Transformer).
+  if (experts.size(1) == 1) return picked;
   const at::Tensor total = picked.sum(1, /*keepdim=*/true);
   return picked / at::where(total > 0, total, at::ones_like(total));
 }

@@ -109,7 +109,8 @@ std::pair<at::Tensor, at::Tensor> pick_experts_cuda(const SelectorConfig& config
 bool fused_cuda_supports(const SelectorConfig& config);
 #endif
 int64_t expert_capacity(const SelectorConfig& config, int64_t tokens);
-// probs [T, E] → weights [T, k]: probs at the used slots renormalised per token (autograd-aware).
+// probs [T, E] → weights [T, k]: probs at the used slots renormalised per token (autograd-aware);
+// for k = 1 the probability itself (renormalising would leave the router without gradient).
 at::Tensor gate_weights(const at::Tensor& probs, const at::Tensor& experts);
 
 }  // namespace trustep::routing

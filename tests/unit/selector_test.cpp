@@ -204,7 +204,7 @@ Ref reference(const SelectorConfig& cfg, const Case& c, const std::vector<bool>&
       const int64_t e = r.experts[t][j];
       if (e < 0) continue;
       ++r.load[e];
-      r.weights[t][j] = total > 0 ? c.probs[t][e] / total : 0.0f;
+      r.weights[t][j] = k == 1 ? c.probs[t][e] : total > 0 ? c.probs[t][e] / total : 0.0f;
     }
   }
   return r;
@@ -509,4 +509,20 @@ TEST(SelectorCuda, FusedKernelMatchesTorchOps) {
 }
 
 }  // namespace
+// Top-1: the weight is the probability itself, so the loss still reaches the router.
+TEST(GateWeights, TopOneKeepsTheProbabilityAndItsGradient) {
+  at::Tensor logits = at::tensor({0.5f, 1.5f, -1.0f, 0.0f, 2.0f, 0.1f}).view({2, 3}).requires_grad_();
+  const at::Tensor probs = at::softmax(logits, 1);
+  const at::Tensor experts = at::tensor({1, -1}, at::kLong).view({2, 1});
+  const at::Tensor w = gate_weights(probs, experts);
+  EXPECT_FLOAT_EQ(w[0][0].item<float>(), probs[0][1].item<float>());
+  EXPECT_FLOAT_EQ(w[1][0].item<float>(), 0.0f);  // an unused slot weighs nothing
+  w.sum().backward();
+  EXPECT_GT(logits.grad().abs().sum().item<float>(), 0.0f);
+  // k = 2 still renormalises over the used slots.
+  const at::Tensor w2 = gate_weights(probs.detach(), at::tensor({1, 0, 2, -1}, at::kLong).view({2, 2}));
+  EXPECT_NEAR(w2[0].sum().item<float>(), 1.0f, 1e-6);
+  EXPECT_FLOAT_EQ(w2[1][0].item<float>(), 1.0f);
+}
+
 }  // namespace trustep::routing
