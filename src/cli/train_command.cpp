@@ -295,7 +295,7 @@ void load_model(comm::Communicator& comm, const InferArgs& a, LoadedModel& m) {
   m.context_names = train_meta.at("context_names").get<std::vector<std::string>>();
 
   m.lm = model::TransformerLM(m.config, comm);
-  train::ModelParameters params(*m.lm, comm.rank(), comm.size());
+  train::ModelParameters params(*m.lm, comm.rank());
   params.load(ck, nullptr);
   trust::TrustConfig tc;
   tc.layers = m.config.layers;

@@ -45,7 +45,7 @@ std::string global_expert_name(const std::string& bank_name, int64_t expert) {
   return bank_name.substr(0, pos) + std::to_string(expert) + "." + bank_name.substr(pos);
 }
 
-ModelParameters::ModelParameters(torch::nn::Module& model, int rank, int world) {
+ModelParameters::ModelParameters(torch::nn::Module& model, int rank) {
   for (const auto& item : model.named_parameters(/*recurse=*/true)) {
     NamedParameter p{item.key(), item.value(), item.value().dim() >= 2, 0};
     if (model::is_expert_parameter(p.name)) {
@@ -56,7 +56,6 @@ ModelParameters::ModelParameters(torch::nn::Module& model, int rank, int world) 
       replicated.push_back(std::move(p));
     }
   }
-  (void)world;
 }
 
 TensorMap ModelParameters::replicated_state(const AdamW& optimizer) const {

@@ -24,7 +24,8 @@ struct NamedParameter {
 class ModelParameters {
  public:
   ModelParameters() = default;
-  ModelParameters(torch::nn::Module& model, int rank, int world);
+  // rank: expert banks hold global experts rank·local ... rank·local + local − 1.
+  ModelParameters(torch::nn::Module& model, int rank);
 
   std::vector<NamedParameter> replicated;
   std::vector<NamedParameter> experts;

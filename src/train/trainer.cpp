@@ -102,7 +102,7 @@ class Trainer {
         classifiers_.emplace_back(cc, c10::Device(c10::kCPU), config.model.dtype);
       }
     }
-    params_ = ModelParameters(*model_, comm.rank(), comm.size());
+    params_ = ModelParameters(*model_, comm.rank());
     for (auto& p : params_.replicated) optimizer_.add(p.name, p.tensor, p.decay);
     for (auto& p : params_.experts) optimizer_.add(p.name, p.tensor, true);
     routing_totals_ = at::zeros({L, config.model.experts + 6}, at::kDouble);
