@@ -48,9 +48,16 @@ void clear_grads(torch::nn::Module& m) {
 
 int64_t total(const std::vector<int64_t>& v) { return std::accumulate(v.begin(), v.end(), int64_t{0}); }
 
+// The tokens' device: the GPU with the nccl backend (one GPU per rank), else the CPU.
+c10::Device layer_device(const comm::Communicator& comm) {
+  return std::string(comm.name()) == "nccl" ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
+}
+
 // The benchmarked layer, the same for timing and for --dump-output.
-model::MoELayerConfig layer_config(const LayerBenchOptions& o, c10::ScalarType dtype, c10::ScalarType comm_dtype) {
+model::MoELayerConfig layer_config(const LayerBenchOptions& o, c10::ScalarType dtype, c10::ScalarType comm_dtype,
+                                   c10::Device device) {
   model::MoELayerConfig cfg;
+  cfg.device = device;
   cfg.hidden = o.hidden;
   cfg.ffn = o.ffn;
   cfg.experts = o.experts;
@@ -66,16 +73,19 @@ model::MoELayerConfig layer_config(const LayerBenchOptions& o, c10::ScalarType d
 LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions& o, int64_t T,
                                c10::ScalarType dtype, c10::ScalarType comm_dtype) {
   const int world = comm.size();
-  auto layer = std::make_shared<model::MoELayerImpl>(layer_config(o, dtype, comm_dtype), comm);
+  const c10::Device device = layer_device(comm);
+  auto layer = std::make_shared<model::MoELayerImpl>(layer_config(o, dtype, comm_dtype, device), comm);
   if (!o.weights.empty()) layer->load_hf(o.weights, o.weights_prefix);
+  layer->to(device);
 
-  // Inputs seeded by (seed, rank): every rank routes different tokens.
+  // Inputs seeded by (seed, rank): every rank routes different tokens. Drawn on the CPU (the
+  // same numbers on any device), then moved.
   at::Generator gen = at::detail::createCPUGenerator(o.seed * 1000003ULL + static_cast<uint64_t>(comm.rank()));
-  const at::Tensor x = at::randn({T, o.hidden}, gen, at::TensorOptions().dtype(at::kFloat)).to(dtype);
+  const at::Tensor x = at::randn({T, o.hidden}, gen, at::TensorOptions().dtype(at::kFloat)).to(device, dtype);
   routing::SelectorInputs trust;
   if (o.selector != routing::SelectorMode::kRouter) {
-    trust.trust = at::rand({T, o.experts}, gen, at::TensorOptions().dtype(at::kFloat));
-    trust.trusted = at::rand({T}, gen, at::TensorOptions().dtype(at::kFloat)) < 0.5;
+    trust.trust = at::rand({T, o.experts}, gen, at::TensorOptions().dtype(at::kFloat)).to(device);
+    trust.trusted = (at::rand({T}, gen, at::TensorOptions().dtype(at::kFloat)) < 0.5).to(device);
   }
 
   // The layer's own routing, once: the rows and per-expert counts its experts see, and the
@@ -88,7 +98,7 @@ LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions
     routing::SelectorConfig sc = cfg.selector;
     sc.experts = cfg.experts;
     sc.top_k = cfg.top_k;
-    routing::Selector selector(sc, c10::Device(c10::kCPU));
+    routing::Selector selector(sc, device);
     routing::SelectorInputs in = trust;
     in.probs = layer->router->forward(x).probs;
     const routing::Selection sel = selector.select(in);
@@ -103,10 +113,10 @@ LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions
 
   // Raw exchange of the same bytes: dispatch (send counts) and combine (reverse), in the comm
   // dtype, with reused receive buffers (the cheapest the data movement can be).
-  const at::Tensor a2a_send = at::rand({total(send_counts), o.hidden}, gen).to(comm_dtype);
-  const at::Tensor a2a_back = at::rand({total(recv_counts), o.hidden}, gen).to(comm_dtype);
-  const Contract go{boundary::kDispatchSend, comm_dtype, c10::DeviceType::CPU, 2, true};
-  const Contract back{boundary::kCombineSend, comm_dtype, c10::DeviceType::CPU, 2, true};
+  const at::Tensor a2a_send = at::rand({total(send_counts), o.hidden}, gen).to(device, comm_dtype);
+  const at::Tensor a2a_back = at::rand({total(recv_counts), o.hidden}, gen).to(device, comm_dtype);
+  const Contract go{boundary::kDispatchSend, comm_dtype, device.type(), 2, true};
+  const Contract back{boundary::kCombineSend, comm_dtype, device.type(), 2, true};
   at::Tensor buf_go, buf_back;
   auto raw_pair = [&] {
     comm.all_to_all_v(a2a_send, send_counts, go, -1, &buf_go);
@@ -315,8 +325,10 @@ std::vector<LayerBenchRecord> measure_layer(comm::Communicator& comm, const Laye
 }
 
 void dump_layer_output(comm::Communicator& comm, const LayerBenchOptions& o) {
-  model::MoELayerImpl layer(layer_config(o, o.dtype, o.comm_dtype), comm);
+  const c10::Device device = layer_device(comm);
+  model::MoELayerImpl layer(layer_config(o, o.dtype, o.comm_dtype, device), comm);
   if (!o.weights.empty()) layer.load_hf(o.weights, o.weights_prefix);
+  layer.to(device);
 
   // The global batch, identical on every rank; this rank's contiguous block of it.
   at::Tensor global;
@@ -331,7 +343,8 @@ void dump_layer_output(comm::Communicator& comm, const LayerBenchOptions& o) {
   const int64_t N = global.size(0), W = comm.size(), r = comm.rank();
   const int64_t begin = N * r / W, end = N * (r + 1) / W;
   at::NoGradGuard no_grad;
-  const at::Tensor mine = layer.forward(global.narrow(0, begin, end - begin).to(o.dtype)).hidden.to(at::kFloat);
+  const at::Tensor mine =
+      layer.forward(global.narrow(0, begin, end - begin).to(device, o.dtype)).hidden.to(at::kFloat).cpu();
 
   // Blocks have different sizes: gather them padded to the largest, keep the real rows.
   const int64_t largest = (N + W - 1) / W;

@@ -59,7 +59,7 @@ uint64_t mix(uint64_t x) {
 
 MoELayerImpl::MoELayerImpl(const MoELayerConfig& config, comm::Communicator& comm)
     : config_(config),
-      selector_(selector_config(config), c10::Device(c10::kCPU)),
+      selector_(selector_config(config), config.device),
       dispatcher_(comm, dispatch::ExpertLayout::make(config.experts, comm.size(), comm.rank()), config.comm_dtype,
                   config.dtype) {
   router = register_module("router", std::make_shared<routing::RouterImpl>(router_config(config, comm.rank())));

@@ -10,6 +10,7 @@
 #include "routing/selector.h"
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
@@ -30,6 +31,9 @@ struct MoELayerConfig {
   int layer = 0;
   uint64_t seed = 0;  // router and expert initialisation: identical whatever the world size
   bool check_finite = false;
+  // Where the selector draws its exploration noise: the tokens' device. The modules are built
+  // on the CPU; move them with ->to(device).
+  c10::Device device = c10::Device(c10::kCPU);
 };
 
 struct MoEOutput {
