@@ -10,16 +10,6 @@
 
 namespace trustep {
 
-uint64_t fnv1a(const void* data, size_t bytes, uint64_t seed) {
-  uint64_t h = seed;
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < bytes; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
-
 void add_common_options(po::options_description& desc, CommonOptions& common) {
   desc.add_options()
       ("help,h", "show this help and exit")

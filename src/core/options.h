@@ -3,6 +3,8 @@
 // becomes one OptionError naming the option (exit code 2 in the CLI).
 #pragma once
 
+#include "core/hash.h"
+
 #include <boost/program_options.hpp>
 
 #include <cstdint>
@@ -49,6 +51,5 @@ std::vector<int64_t> parse_size_list(const std::string& text, const std::string&
 // Splits "a,b,c" into words; empty items are an OptionError.
 std::vector<std::string> parse_word_list(const std::string& text, const std::string& option);
 
-uint64_t fnv1a(const void* data, size_t bytes, uint64_t seed = 1469598103934665603ULL);
 
 }  // namespace trustep

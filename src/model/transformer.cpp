@@ -2,6 +2,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/hash.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/TensorOperators.h>
@@ -33,18 +34,12 @@ namespace {
   throw OptionError(fmt::format("invalid value '{}' for option '{}': {}", value, option, why), TRUSTEP_ORIGIN);
 }
 
-// splitmix64 finaliser and FNV-1a: stable across platforms and standard libraries (std::hash is not).
+// splitmix64 finaliser: stable across platforms and standard libraries (std::hash is not).
 uint64_t mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
-}
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ULL;
-  return h;
 }
 
 MoELayerConfig moe_config(const ModelConfig& c, int layer) {
@@ -313,7 +308,9 @@ TransformerLMImpl::TransformerLMImpl(const ModelConfig& config, comm::Communicat
     if (is_expert_parameter(name) || name.find(".moe.router.") != std::string::npos ||
         name.find("norm.") != std::string::npos)
       continue;
-    at::Generator gen = at::detail::createCPUGenerator(mix(c.seed ^ fnv1a(name)));
+    // The standard FNV-1a offset basis (core/hash.h's default differs; kept for its digests).
+    at::Generator gen =
+        at::detail::createCPUGenerator(mix(c.seed ^ fnv1a(name.data(), name.size(), 0xcbf29ce484222325ULL)));
     at::Tensor w = at::empty(p.sizes(), at::kFloat);
     if (name == "embed.weight") {
       w.normal_(0.0, 1.0, gen);  // as nn.Embedding; the first RMSNorm rescales anyway

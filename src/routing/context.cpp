@@ -3,7 +3,7 @@
 #include "comm/communicator.h"
 #include "core/dtype.h"
 #include "core/error.h"
-#include "core/options.h"
+#include "core/hash.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/linalg_vector_norm.h>

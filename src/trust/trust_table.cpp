@@ -2,7 +2,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "core/options.h"
+#include "core/hash.h"
 
 #include <ATen/ops/cat.h>
 #include <ATen/ops/full.h>

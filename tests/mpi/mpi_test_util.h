@@ -2,7 +2,7 @@
 #pragma once
 
 #include "comm/communicator.h"
-#include "core/options.h"
+#include "core/hash.h"
 
 #include <mpi.h>
 
