@@ -159,6 +159,20 @@ void Communicator::check_agreement(uint64_t value, const std::string& what) {
                       TRUSTEP_ORIGIN, /*collective=*/true);
 }
 
+std::vector<std::string> Communicator::all_gather_text(const std::string& text, const std::string& tag) {
+  const auto lengths = all_gather_i64({static_cast<int64_t>(text.size())}, tag + ".lengths");
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  std::vector<std::string> texts(lengths.size());
+  if (longest == 0) return texts;  // the same decision on every rank: the lengths are shared
+  const size_t words = static_cast<size_t>((longest + 7) / 8);
+  std::vector<int64_t> packed(words, 0);
+  std::memcpy(packed.data(), text.data(), text.size());
+  const auto all = all_gather_i64(packed, tag);
+  for (size_t r = 0; r < lengths.size(); ++r)
+    texts[r].assign(reinterpret_cast<const char*>(all.data() + r * words), static_cast<size_t>(lengths[r]));
+  return texts;
+}
+
 void Communicator::fail_together(const std::function<void()>& work, const std::string& what) {
   std::string mine;
   try {
@@ -167,17 +181,8 @@ void Communicator::fail_together(const std::function<void()>& work, const std::s
     mine = e.what();
     if (mine.empty()) mine = "unknown error";
   }
-  // Lengths first, then every rank's text packed into int64 words.
-  const auto lengths = all_gather_i64({static_cast<int64_t>(mine.size())}, what + ".lengths");
-  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
-  if (longest == 0) return;
-  const size_t words = static_cast<size_t>((longest + 7) / 8);
-  std::vector<int64_t> packed(words, 0);
-  std::memcpy(packed.data(), mine.data(), mine.size());
-  const auto all = all_gather_i64(packed, what);
-  std::vector<std::string> texts;
-  for (size_t r = 0; r < lengths.size(); ++r)
-    texts.emplace_back(reinterpret_cast<const char*>(all.data() + r * words), static_cast<size_t>(lengths[r]));
+  const std::vector<std::string> texts = all_gather_text(mine, what);
+  if (std::all_of(texts.begin(), texts.end(), [](const std::string& t) { return t.empty(); })) return;
   std::string first;
   std::vector<std::string> failed;
   bool same = true;

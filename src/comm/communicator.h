@@ -68,6 +68,9 @@ class Communicator {
   // watchdog. Used for headers and agreement checks; every rank must pass the same length.
   std::vector<int64_t> all_gather_i64(const std::vector<int64_t>& v, const std::string& tag = "");
 
+  // Every rank's text, in rank order, on every rank (two all-gathers: lengths, then the bytes).
+  std::vector<std::string> all_gather_text(const std::string& text, const std::string& tag = "");
+
   // Throws the same CommError on every rank unless all ranks pass the same value.
   void check_agreement(uint64_t value, const std::string& what);
 

@@ -171,21 +171,12 @@ std::string describe_exception() {
   }
 }
 
-// Every rank's JSON value, in rank order, on every rank: lengths, then the texts packed into
-// int64s, both through all_gather_i64 (the same bytes everywhere, so the same decisions).
+// Every rank's JSON value, in rank order, on every rank (the same bytes everywhere, so the same
+// decisions).
 std::vector<json> exchange(comm::Communicator& comm, const json& mine, const std::string& tag) {
-  const std::string text = mine.dump(-1, ' ', false, json::error_handler_t::replace);
-  const std::vector<int64_t> lengths = comm.all_gather_i64({static_cast<int64_t>(text.size())}, tag + ".lengths");
-  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
-  const size_t words = static_cast<size_t>((longest + 7) / 8);
-  std::vector<int64_t> packed(words, 0);
-  std::memcpy(packed.data(), text.data(), text.size());
-  const std::vector<int64_t> all = comm.all_gather_i64(packed, tag);
   std::vector<json> out;
-  for (size_t r = 0; r < lengths.size(); ++r) {
-    const char* p = reinterpret_cast<const char*>(all.data() + r * words);
-    out.push_back(json::parse(std::string(p, static_cast<size_t>(lengths[r]))));
-  }
+  for (const auto& text : comm.all_gather_text(mine.dump(-1, ' ', false, json::error_handler_t::replace), tag))
+    out.push_back(json::parse(text));
   return out;
 }
 
