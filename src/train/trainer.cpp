@@ -248,15 +248,22 @@ class Trainer {
     grads = flat.slice(0, 0, n_grads).to(at::kFloat);
     report = flat.slice(0, n_grads);
 
+    // Global norm: every rank's expert part plus the replicated gradients (identical everywhere),
+    // summed per parameter in a fixed order; one host copy for all the partial sums.
     StepMetrics m;
-    double sq = report[0].item<double>();
+    std::vector<at::Tensor> partial;
     int64_t offset = 0;
-    for (auto& p : params_.replicated) {
-      const int64_t n = p.tensor.numel();
-      at::Tensor g = grads.slice(0, offset, offset + n).view(p.tensor.sizes());
-      sq += g.to(at::kDouble).pow(2).sum().item<double>();
-      optimizer_.slots()[static_cast<size_t>(&p - params_.replicated.data())].grad = g;
-      offset += n;
+    for (size_t i = 0; i < params_.replicated.size(); ++i) {
+      const at::Tensor& t = params_.replicated[i].tensor;
+      const at::Tensor g = grads.slice(0, offset, offset + t.numel());
+      partial.push_back(g.to(at::kDouble).pow(2).sum());
+      optimizer_.slots()[i].grad = g.view(t.sizes());
+      offset += t.numel();
+    }
+    double sq = report[0].item<double>();
+    if (!partial.empty()) {
+      const at::Tensor sums = at::stack(partial).cpu();
+      for (int64_t i = 0; i < sums.numel(); ++i) sq += sums.data_ptr<double>()[i];
     }
     m.grad_norm = std::sqrt(sq);
     const double scale = config_.clip > 0 && m.grad_norm > config_.clip ? config_.clip / (m.grad_norm + 1e-6) : 1.0;
