@@ -3,6 +3,7 @@
 // rank and leaves no new directory.
 #include "core/error.h"
 #include "tests/mpi/mpi_test_util.h"
+#include "tests/unit/test_util.h"
 #include "train/checkpoint.h"
 
 #include <ATen/ops/arange.h>
@@ -20,6 +21,8 @@ namespace trustep::train {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::same_bits;
+using testing::text_of;
 
 constexpr int64_t kExperts = 8;  // divisible by 1, 2 and 4 ranks
 
@@ -34,17 +37,6 @@ std::string shared_root(const std::string& test) {
 at::Tensor expert_weight(int64_t e) {
   const at::Tensor w = at::arange(12, at::kFloat).reshape({3, 4}).add(static_cast<double>(e) * 100.0).div(7.0);
   return e % 2 ? w.to(at::kBFloat16) : w;
-}
-
-bool same_bits(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  const at::Tensor x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.const_data_ptr(), y.const_data_ptr(), x.nbytes()) == 0;
-}
-
-std::string text_of(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 std::vector<std::string> entries(const std::string& root) {

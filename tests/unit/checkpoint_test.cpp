@@ -19,18 +19,9 @@ namespace trustep::train {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::same_bits;
+using testing::text_of;
 using testing::error_of;
-
-bool same_bits(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  const at::Tensor x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.const_data_ptr(), y.const_data_ptr(), x.nbytes()) == 0;
-}
-
-std::string text_of(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 class CheckpointTest : public ::testing::Test {
  protected:
