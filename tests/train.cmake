@@ -82,15 +82,6 @@ cli_test(infer_missing_checkpoint_every_rank --exit 1 --lines 2
   --match "infer: --checkpoint /no/such/ckpt: .*/no/such/ckpt.* .on every rank.$"
   -- ${MPIRUN} -np 2 ${TRAIN_CLI} infer --checkpoint /no/such/ckpt --prompt "cpy:ab=")
 
-# The poisoned-expert run (docs/trust.md): under trust-first routing the poisoned expert ends
-# with less trust and less traffic than the others (deterministic: seed 0, 2 ranks).
-add_test(NAME train.poisoned_expert_loses_trust_and_traffic COMMAND sh -c "\
-  set -e; rm -rf ${TRAIN_DIR}/poison; \
-  ${MPIRUN_SH} -np 2 ${TRAIN_CLI} train --config ${PROJECT_SOURCE_DIR}/configs/tiny.ini --out ${TRAIN_DIR}/poison \
-    --mode trust-first --poison-expert 3 --poison-from 100 --no-plots; \
-  ${CHECKS} poison ${TRAIN_DIR}/poison/metrics.jsonl; echo poison-check-passed")
-set_tests_properties(train.poisoned_expert_loses_trust_and_traffic PROPERTIES ENVIRONMENT "${MPI_TEST_ENV}"
-  TIMEOUT 600 PROCESSORS 2 PASS_REGULAR_EXPRESSION "expert 3: trust .*poison-check-passed")
 
 # Plain text (--data, a disjoint byte range per rank) with k-means contexts per layer.
 add_test(NAME train.text_file_with_kmeans_contexts COMMAND sh -c "\
