@@ -74,6 +74,7 @@ LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions
                                c10::ScalarType dtype, c10::ScalarType comm_dtype) {
   const int world = comm.size();
   const c10::Device device = layer_device(comm);
+  reset_peak_rss();
   auto layer = std::make_shared<model::MoELayerImpl>(layer_config(o, dtype, comm_dtype, device), comm);
   if (!o.weights.empty()) layer->load_hf(o.weights, o.weights_prefix);
   layer->to(device);
@@ -149,17 +150,24 @@ LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions
     });
   }
 
-  std::vector<std::vector<double>> samples(steps.size());
+  // The layer step also records its spans (on a device every span waits for it).
+  const size_t layer_step = o.backward ? 3 : 0;
+  std::function<void()> sync;
+  if (device.is_cuda()) sync = [&comm] { comm.synchronize(); };
+  std::vector<double> phases;
+  std::vector<std::vector<double>> samples(steps.size() + kLayerPhases.size());
   for (int i = 0; i < o.warmup + o.iters; ++i) {
     std::vector<double> t(steps.size());
     for (size_t s = 0; s < steps.size(); ++s) {
       // Rotate the order so no step always runs first (cold caches) or last.
       const size_t k = (s + static_cast<size_t>(i)) % steps.size();
-      t[k] = time_us(comm, steps[k]);
+      t[k] = k == layer_step ? time_us(comm, [&] { phases = traced_phases(steps[k], kLayerPhases, sync); })
+                             : time_us(comm, steps[k]);
     }
+    t.insert(t.end(), phases.begin(), phases.end());
     max_over_ranks(t);
     if (i >= o.warmup)
-      for (size_t s = 0; s < steps.size(); ++s) samples[s].push_back(t[s]);
+      for (size_t s = 0; s < t.size(); ++s) samples[s].push_back(t[s]);
   }
 
   LayerBenchRecord r;
@@ -187,6 +195,14 @@ LayerBenchRecord measure_point(comm::Communicator& comm, const LayerBenchOptions
   r.gemm_bound_ratio = layer_us > 0 ? gemm_us / layer_us : 0;
   r.a2a_share = layer_us > 0 ? r.raw_a2a_us / layer_us : 0;
   r.tokens_per_s = layer_us > 0 ? static_cast<double>(T) / (layer_us * 1e-6) : 0;
+  for (size_t p = 0; p < kLayerPhases.size(); ++p) r.phase_us.push_back(median(samples[steps.size() + p]));
+  double weight_bytes = 0;
+  for (const auto& w : layer->experts->parameters())
+    weight_bytes += static_cast<double>(w.numel()) * static_cast<double>(w.element_size());
+  std::vector<double> memory{weight_bytes / (1024.0 * 1024.0), peak_rss_mib()};
+  max_over_ranks(memory);
+  r.expert_weight_mib = memory[0];
+  r.peak_rss_mib = memory[1];
   return r;
 }
 
@@ -207,7 +223,12 @@ nlohmann::json to_json(const LayerBenchRecord& r, bool backward) {
                    {"gemm_bound_ratio", r.gemm_bound_ratio},
                    {"a2a_share", r.a2a_share},
                    {"a2a_share_ratio", r.a2a_share},
-                   {"tokens_per_s", r.tokens_per_s}};
+                   {"tokens_per_s", r.tokens_per_s},
+                   {"expert_weight_mib", r.expert_weight_mib},
+                   {"peak_rss_mib", r.peak_rss_mib}};
+  nlohmann::json phases = nlohmann::json::object();
+  for (size_t p = 0; p < kLayerPhases.size(); ++p) phases[kLayerPhases[p]] = r.phase_us[p];
+  j["phase_us"] = phases;
   if (backward) {
     j["fwd_bwd_us"] = r.fwd_bwd_us;
     j["gemm_fwd_bwd_us"] = r.gemm_fwd_bwd_us;
@@ -293,7 +314,7 @@ LayerBenchOptions validate(const LayerBenchArgs& a) {
                    "option '--dump-output' needs a global batch: --input FILE.npy or --global-tokens N");
   TRUSTEP_CHECK_AS(OptionError, a.input.empty() || a.global_tokens == 0,
                    "options '--input' and '--global-tokens' exclude each other");
-  check_json_path(a.dump_output);
+  check_writable(a.dump_output, "--dump-output");
   o.weights = a.weights;
   o.weights_prefix = a.weights_prefix;
   o.input = a.input;
@@ -369,18 +390,27 @@ int run_layer_bench(comm::Communicator& comm, const LayerBenchOptions& o) {
                o.iters, o.backward ? ", forward+backward" : "");
   const auto records = measure_layer(comm, o);
   if (comm.rank() != 0) return 0;
-  fmt::print("{:>6} {:>5} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6} {:>11} {:>6}\n", "T", "dtype", "comm",
-             "fwd_us", "fwd_bwd_us", "gemm_f_us", "gemm_fb_us", "a2a_us", "gemm/", "a2a/", "tok/s/rank", "bf16x");
+  fmt::print("{:>6} {:>5} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6} {:>11} {:>6} {:>8} {:>8}\n", "T",
+             "dtype", "comm", "fwd_us", "fwd_bwd_us", "gemm_f_us", "gemm_fb_us", "a2a_us", "gemm/", "a2a/",
+             "tok/s/rank", "bf16x", "wMiB", "rssMiB");
   nlohmann::json out = nlohmann::json::array();
   for (const auto& r : records) {
-    fmt::print("{:>6} {:>5} {:>5} {:>10.1f} {:>10.1f} {:>10.1f} {:>10.1f} {:>10.1f} {:>6.3f} {:>6.3f} {:>11.0f} {:>6}\n",
-               r.tokens, r.dtype, r.comm_dtype, r.fwd_us, r.fwd_bwd_us, r.gemm_fwd_us, r.gemm_fwd_bwd_us,
-               r.raw_a2a_us, r.gemm_bound_ratio, r.a2a_share, r.tokens_per_s,
-               r.bf16_over_fp32_ratio > 0 ? fmt::format("{:.2f}", r.bf16_over_fp32_ratio) : std::string("-"));
+    fmt::print(
+        "{:>6} {:>5} {:>5} {:>10.1f} {:>10.1f} {:>10.1f} {:>10.1f} {:>10.1f} {:>6.3f} {:>6.3f} {:>11.0f} {:>6} {:>8.1f} "
+        "{:>8.0f}\n",
+        r.tokens, r.dtype, r.comm_dtype, r.fwd_us, r.fwd_bwd_us, r.gemm_fwd_us, r.gemm_fwd_bwd_us, r.raw_a2a_us,
+        r.gemm_bound_ratio, r.a2a_share, r.tokens_per_s,
+        r.bf16_over_fp32_ratio > 0 ? fmt::format("{:.2f}", r.bf16_over_fp32_ratio) : std::string("-"),
+        r.expert_weight_mib, r.peak_rss_mib);
+    std::string line = "       phases (us):";
+    for (size_t p = 0; p < kLayerPhases.size(); ++p)
+      line += fmt::format(" {} {:.1f}", kLayerPhases[p].substr(4), r.phase_us[p]);
+    fmt::print("{}\n", line);
     out.push_back(to_json(r, o.backward));
   }
   fmt::print("gemm/ = gemm_bound_ratio (expert GEMMs alone / layer), a2a/ = raw all-to-all / layer; "
-             "ratios use {} times\n", o.backward ? "forward+backward" : "forward");
+             "ratios and phases use {} times; wMiB = expert weights per rank, rssMiB = peak RSS per rank\n",
+             o.backward ? "forward+backward" : "forward");
   if (!o.json.empty()) {
     nlohmann::json doc{{"benchmark", "layer"},
                        {"version", TRUSTEP_VERSION},

@@ -82,6 +82,11 @@ struct LayerBenchRecord {
   double a2a_share = 0;        // raw_a2a / layer
   double tokens_per_s = 0;     // per rank, of the layer (fwd_bwd with --backward, else fwd)
   double bf16_over_fp32_ratio = 0;  // --compare-dtypes, bf16 records: fp32 time / bf16 time
+  // The layer step (fwd_bwd with --backward, else fwd) by the layer's own spans, per
+  // kLayerPhases name (bench/report.h): median over iterations of the slowest rank.
+  std::vector<double> phase_us;
+  double expert_weight_mib = 0;  // this rank's expert weights (max over ranks)
+  double peak_rss_mib = 0;       // peak resident memory during this point (max over ranks)
 };
 
 // Collective: every rank calls it with the same options. Runs every point and returns the

@@ -52,7 +52,11 @@ def main():
         ap.error(f"{len(args.label)} --label given for {len(args.json)} files")
 
     docs = [load(p) for p in args.json]
-    labels = args.label or [default_label(d) for d in docs]
+    plot(docs, args.label or [default_label(d) for d in docs], args.out, args.title)
+
+
+def plot(docs, labels, out, title):
+    """Draws the figure for bench comm documents `docs` (one legend label each) into `out`."""
     skews = []
     for d in docs:
         for r in d["records"]:
@@ -86,10 +90,11 @@ def main():
             ax.xaxis.set_major_formatter(FuncFormatter(human_bytes))
             ax.grid(True, which="major", alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(args.title)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

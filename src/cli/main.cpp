@@ -9,6 +9,7 @@
 #include "cli/inspect.h"
 #include "cli/train_command.h"
 #include "bench/select_bench.h"
+#include "bench/train_bench.h"
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
 #include "core/contract.h"
@@ -38,6 +39,7 @@ struct Command {
   std::function<void()> validate;                 // after parsing, before MPI
   std::function<int(comm::Communicator&)> run;    // collective
   po::positional_options_description positional;  // e.g. `inspect FILE`
+  std::vector<std::string> config_sections;        // config file sections read (empty: the command's own)
 };
 
 void print_usage(std::ostream& out) {
@@ -48,6 +50,7 @@ void print_usage(std::ostream& out) {
          "  bench comm    all-to-all-v bandwidth against raw MPI_Alltoallv of the same bytes\n"
          "  bench select  expert selection tokens/s against the Python prototype and a C++ host loop\n"
          "  bench layer   one MoE layer fwd/bwd against its expert-GEMM bound and raw all-to-all\n"
+         "  bench train   training steps of the `train` model, per phase, against their bare all-to-alls\n"
          "  inspect FILE  describe a safetensors file (routing state: trust, contexts, statistics)\n"
          "  inspect --checkpoint DIR   describe a training checkpoint\n\n"
          "  trustep <command> --help   options of one command\n"
@@ -80,7 +83,7 @@ int run_command(const std::string& name, Command& command, const std::vector<std
   ParsedCommand parsed;
   comm::CommOptions comm_options;
   try {
-    parsed = parse_options(name, desc, args, &command.positional, sections);
+    parsed = parse_options(name, desc, args, &command.positional, sections, command.config_sections);
     if (parsed.help) {
       std::cout << "usage: trustep " << name << " [options]\n\n" << desc << "\n";
       return kExitOk;
@@ -171,6 +174,26 @@ int main(int argc, char** argv) {
       [&] { train_config = validate(train_args); },
       [&](comm::Communicator& c) { return run_train_command(c, train_config); },
       {}};
+  TrainArgs bench_train_args;
+  bench::TrainBenchArgs train_bench_args;
+  train::TrainConfig bench_train_config;
+  commands["bench train"] = Command{
+      "training steps of the train command's model, broken into phases, against their bare all-to-alls",
+      [&](po::options_description& d) {
+        add_train_options(d, bench_train_args);
+        bench::add_train_bench_options(d, train_bench_args);
+      },
+      [&] {
+        bench_train_config = validate(bench_train_args, /*needs_out=*/false);
+        bench::validate(train_bench_args);
+      },
+      [&](comm::Communicator& c) {
+        check_experts_split(c, bench_train_config);
+        return bench::run_train_bench(c, bench_train_config, train_bench_args);
+      },
+      {},
+      {"train", "bench train"}};  // the model of a preset's [train] section
+
   InferArgs infer_args;
   commands["infer"] = Command{
       "generate text from a checkpoint",
@@ -201,8 +224,8 @@ int main(int argc, char** argv) {
                          argv);
   }
   if (words[0] == "bench")
-    return usage_error(words.size() > 1 ? fmt::format("unknown benchmark '{}' (available: comm, select, layer)", words[1])
-                                        : "'bench' needs a benchmark name (available: comm, select, layer)");
+    return usage_error(words.size() > 1 ? fmt::format("unknown benchmark '{}' (available: comm, select, layer, train)", words[1])
+                                        : "'bench' needs a benchmark name (available: comm, select, layer, train)");
   return usage_error(fmt::format("unknown command '{}' (run 'trustep --help')", words[0]));
 }
 

@@ -85,7 +85,9 @@ void add_train_options(po::options_description& desc, TrainArgs& a) {
       ("log-every", po::value(&a.log_every)->default_value(a.log_every), "progress line every N steps")
       ("trust-plot-layer", po::value(&a.trust_plot_layer)->default_value(a.trust_plot_layer),
        "layer of the trust heatmap")
-      ("no-plots", po::bool_switch(&a.no_plots), "skip the PNG plots at the end");
+      ("no-plots", po::bool_switch(&a.no_plots), "skip the PNG plots at the end")
+      ("trace", po::value(&a.trace), "write a Chrome trace (JSON) of the last --trace-steps steps to FILE")
+      ("trace-steps", po::value(&a.trace_steps)->default_value(a.trace_steps), "steps in --trace");
   desc.add(model).add(routing).add(optim).add(faults).add(output);
 }
 
@@ -97,7 +99,7 @@ void check_positive(int64_t value, const char* option) {
 
 }  // namespace
 
-train::TrainConfig validate(const TrainArgs& a) {
+train::TrainConfig validate(const TrainArgs& a, bool needs_out) {
   train::TrainConfig c;
   auto& m = c.model;
   m.vocab = train::kVocabSize;
@@ -192,12 +194,14 @@ train::TrainConfig validate(const TrainArgs& a) {
                    a.poison_from);
   c.poison_from = a.poison_from;
 
-  TRUSTEP_CHECK_AS(OptionError, !a.out.empty(), "option '--out' needs a directory");
-  std::error_code ec;
-  std::filesystem::create_directories(a.out, ec);
-  TRUSTEP_CHECK_AS(OptionError, !ec && std::filesystem::is_directory(a.out),
-                   "invalid value '{}' for option '--out': cannot create the directory ({})", a.out, ec.message());
-  c.out = a.out;
+  if (needs_out) {
+    TRUSTEP_CHECK_AS(OptionError, !a.out.empty(), "option '--out' needs a directory");
+    std::error_code ec;
+    std::filesystem::create_directories(a.out, ec);
+    TRUSTEP_CHECK_AS(OptionError, !ec && std::filesystem::is_directory(a.out),
+                     "invalid value '{}' for option '--out': cannot create the directory ({})", a.out, ec.message());
+    c.out = a.out;
+  }
   TRUSTEP_CHECK_AS(OptionError, a.checkpoint_every >= 0,
                    "invalid value '{}' for option '--checkpoint-every': must be >= 0", a.checkpoint_every);
   TRUSTEP_CHECK_AS(OptionError, a.keep_last >= 0, "invalid value '{}' for option '--keep-last': must be >= 0",
@@ -214,16 +218,24 @@ train::TrainConfig validate(const TrainArgs& a) {
   c.log_every = a.log_every;
   c.plots = !a.no_plots;
   c.trust_plot_layer = a.trust_plot_layer;
+  check_positive(a.trace_steps, "--trace-steps");
+  check_writable(a.trace, "--trace");
+  c.trace = a.trace;
+  c.trace_steps = a.trace_steps;
   return c;
 }
 
-int run_train_command(comm::Communicator& comm, const train::TrainConfig& config) {
+void check_experts_split(const comm::Communicator& comm, const train::TrainConfig& config) {
   // Every rank evaluates the same condition, so the error is collective: a clean exit, no abort.
   if (config.model.experts % comm.size() != 0)
     throw OptionError(fmt::format("invalid value '{}' for option '--experts': must be a multiple of the world size "
                                   "({} ranks)",
                                   config.model.experts, comm.size()),
                       TRUSTEP_ORIGIN, /*collective=*/true);
+}
+
+int run_train_command(comm::Communicator& comm, const train::TrainConfig& config) {
+  check_experts_split(comm, config);
   return train::run_train(comm, config);
 }
 

@@ -32,12 +32,16 @@ struct TrainArgs {
   // output
   std::string out = "runs/train";
   int64_t checkpoint_every = 0, keep_last = 2, log_every = 10, stop_after = 0, trust_plot_layer = 0;
-  std::string resume;
+  std::string resume, trace;
+  int64_t trace_steps = 3;
   bool no_plots = false, check_finite = false;
 };
 void add_train_options(po::options_description& desc, TrainArgs& args);
-train::TrainConfig validate(const TrainArgs& args);  // OptionError naming the option
-// Checks that need the world size (experts divisible by it), then trains. Collective.
+// OptionError naming the option. needs_out = false (benchmarks): --out is neither checked nor created.
+train::TrainConfig validate(const TrainArgs& args, bool needs_out = true);
+// The check that needs the world size: experts divisible by it (a collective OptionError).
+void check_experts_split(const comm::Communicator& comm, const train::TrainConfig& config);
+// check_experts_split, then trains. Collective.
 int run_train_command(comm::Communicator& comm, const train::TrainConfig& config);
 
 struct InferArgs {

@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace trustep::comm {
@@ -35,6 +36,15 @@ struct CommOptions {
 struct AllToAllResult {
   at::Tensor recv;                   // [sum(recv_counts), W], rows grouped by source rank
   std::vector<int64_t> recv_counts;  // [world] rows received from each rank
+};
+
+// What one all_to_all_v moved (recorded while record_exchanges is on): enough to replay the same
+// bytes, e.g. to time the bare exchanges of a training step against the step itself.
+struct ExchangeRecord {
+  std::string boundary;
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  int64_t width = 0;                 // elements per row
+  std::vector<int64_t> send_counts;  // [world] rows this rank sent to each rank
 };
 
 class Communicator {
@@ -84,6 +94,10 @@ class Communicator {
   // current CUDA stream); a no-op for host backends, whose collectives are synchronous.
   virtual void synchronize() {}
 
+  // Records every all_to_all_v from now on (off by default); take_exchanges() hands them over.
+  void record_exchanges(bool on) { recording_ = on; }
+  std::vector<ExchangeRecord> take_exchanges() { return std::exchange(exchanges_, {}); }
+
   ContractChecker& contracts() { return contracts_; }
   Watchdog& watchdog() { return *watchdog_; }
   int64_t collectives_started() const { return seq_; }
@@ -119,6 +133,8 @@ class Communicator {
   ContractChecker contracts_;
   std::unique_ptr<Watchdog> watchdog_;
   int64_t seq_ = 0;
+  bool recording_ = false;
+  std::vector<ExchangeRecord> exchanges_;
 };
 
 // Creates the communicator for this process. `auto` picks nccl when this build has CUDA and

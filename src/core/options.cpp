@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -25,7 +26,8 @@ void add_common_options(po::options_description& desc, CommonOptions& common) {
 }
 
 std::string config_for_command(const std::string& text, const std::string& command,
-                               const std::vector<std::string>& sections, const std::string& path) {
+                               const std::vector<std::string>& sections, const std::string& path,
+                               const std::vector<std::string>& read_sections) {
   std::string kept;
   std::istringstream in(text);
   bool keep = true;  // top-level keys apply to every command
@@ -45,7 +47,9 @@ std::string config_for_command(const std::string& text, const std::string& comma
                                       "names, e.g. [train])",
                                       command, path, line_number, section),
                           TRUSTEP_ORIGIN);
-      keep = section == command;
+      keep = read_sections.empty()
+                 ? section == command
+                 : std::find(read_sections.begin(), read_sections.end(), section) != read_sections.end();
       kept += '\n';  // keeps line numbers in Boost's messages
       continue;
     }
@@ -57,7 +61,7 @@ std::string config_for_command(const std::string& text, const std::string& comma
 
 ParsedCommand parse_options(const std::string& command, const po::options_description& desc,
                             const std::vector<std::string>& args, const po::positional_options_description* positional,
-                            const std::vector<std::string>& sections) {
+                            const std::vector<std::string>& sections, const std::vector<std::string>& read_sections) {
   ParsedCommand parsed;
   po::variables_map vm;
   try {
@@ -74,7 +78,7 @@ ParsedCommand parse_options(const std::string& command, const po::options_descri
       std::ifstream in(path);
       if (!in) throw OptionError(fmt::format("{}: cannot read --config file '{}'", command, path), TRUSTEP_ORIGIN);
       config_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-      std::istringstream text(config_for_command(config_bytes, command, sections, path));
+      std::istringstream text(config_for_command(config_bytes, command, sections, path, read_sections));
       po::store(po::parse_config_file(text, desc, /*allow_unregistered=*/false), vm);
     }
     po::notify(vm);
@@ -86,6 +90,14 @@ ParsedCommand parse_options(const std::string& command, const po::options_descri
     throw OptionError(fmt::format("{}: {}", command, e.what()), TRUSTEP_ORIGIN);
   }
   return parsed;
+}
+
+void check_writable(const std::string& path, const std::string& option) {
+  if (path.empty()) return;
+  const bool existed = std::filesystem::exists(path);
+  const bool ok = std::ofstream(path, std::ios::app).good();
+  if (!existed) std::filesystem::remove(path);
+  TRUSTEP_CHECK_AS(OptionError, ok, "invalid value '{}' for option '{}': cannot write this file", path, option);
 }
 
 std::vector<std::string> parse_word_list(const std::string& text, const std::string& option) {

@@ -37,17 +37,25 @@ struct ParsedCommand {
 // The config file's top-level keys apply to this command, then keys under a section named
 // after it (`[train]`, `[bench layer]`); other commands' sections are skipped, so one preset
 // serves train, infer and the benchmarks. A section not in `sections` (when given) is an error.
+// `read_sections` (when given) replaces the command's own section: `bench train` reads [train]
+// and [bench train].
 ParsedCommand parse_options(const std::string& command, const po::options_description& desc,
                             const std::vector<std::string>& args,
                             const po::positional_options_description* positional = nullptr,
-                            const std::vector<std::string>& sections = {});
+                            const std::vector<std::string>& sections = {},
+                            const std::vector<std::string>& read_sections = {});
 
 // The lines of an .ini text that apply to `command` (see parse_options); exposed for tests.
 std::string config_for_command(const std::string& text, const std::string& command,
-                               const std::vector<std::string>& sections, const std::string& path);
+                               const std::vector<std::string>& sections, const std::string& path,
+                               const std::vector<std::string>& read_sections = {});
 
 // Splits "1,2,4k,1M" into byte sizes (k/K = 1024, m/M = 1 MiB, g/G = 1 GiB). Throws OptionError.
 std::vector<int64_t> parse_size_list(const std::string& text, const std::string& option);
+// Before any work: throws OptionError naming `option` when `path` (non-empty) cannot be created
+// or written, so a long run is not lost to a typo at the end. Leaves no file behind.
+void check_writable(const std::string& path, const std::string& option);
+
 // Splits "a,b,c" into words; empty items are an OptionError.
 std::vector<std::string> parse_word_list(const std::string& text, const std::string& option);
 

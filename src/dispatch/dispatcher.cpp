@@ -2,6 +2,7 @@
 
 #include "core/contract.h"
 #include "core/error.h"
+#include "core/trace.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/argsort.h>
@@ -12,6 +13,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <numeric>
+#include <optional>
 
 namespace trustep::dispatch {
 namespace {
@@ -29,6 +31,7 @@ struct AllToAllRows : public torch::autograd::Function<AllToAllRows> {
                             std::vector<int64_t> send_counts, std::vector<int64_t> recv_counts,
                             std::string boundary, int64_t layer) {
     auto& comm = *reinterpret_cast<comm::Communicator*>(comm_ptr);
+    trace::Scope span("moe.exchange", static_cast<int>(layer));
     auto result = comm.all_to_all_v(rows.contiguous(), send_counts, row_contract(boundary.c_str(), rows.scalar_type(), rows),
                                     static_cast<int>(layer));
     TRUSTEP_CHECK(result.recv_counts == recv_counts,
@@ -48,6 +51,7 @@ struct AllToAllRows : public torch::autograd::Function<AllToAllRows> {
     const auto send = ctx->saved_data["send"].toIntVector();
     const auto recv = ctx->saved_data["recv"].toIntVector();
     const std::string boundary = ctx->saved_data["boundary"].toStringRef();
+    trace::Scope span("moe.exchange.bwd", static_cast<int>(ctx->saved_data["layer"].toInt()));
     const at::Tensor grad = grads[0].contiguous();
     auto back = comm.all_to_all_v(grad, recv, row_contract(boundary.c_str(), grad.scalar_type(), grad),
                                   static_cast<int>(ctx->saved_data["layer"].toInt()));
@@ -94,6 +98,7 @@ Dispatched Dispatcher::dispatch(const at::Tensor& hidden, const at::Tensor& expe
   plan.tokens = T;
   plan.top_k = k;
 
+  std::optional<trace::Scope> span(std::in_place, "moe.permute", layer);
   // 1. Used slots, stably sorted by expert: rows for one rank, then one expert, are contiguous.
   const at::Tensor flat = experts.reshape({-1}).to(at::kLong);
   const at::Tensor used = (flat >= 0).nonzero().squeeze(1);
@@ -111,10 +116,12 @@ Dispatched Dispatcher::dispatch(const at::Tensor& hidden, const at::Tensor& expe
 
   // 3. Per-expert counts to their owners: rank r receives [W, local] counts (one row per source).
   const at::Tensor counts_send = per_expert_cpu.view({W, local});
+  span.emplace("moe.exchange", layer);
   const auto counts = comm_.all_to_all_v(counts_send, std::vector<int64_t>(W, 1),
                                          Contract{"dispatch.counts", at::kLong, c10::DeviceType::CPU, 2, true}, layer);
   const at::Tensor from = counts.recv.contiguous();  // [W, local]: rows from source r for local expert i
   const int64_t* fr = from.data_ptr<int64_t>();
+  span.emplace("moe.permute", layer);
   plan.recv_counts.assign(W, 0);
   plan.local_counts.assign(local, 0);
   for (int64_t r = 0; r < W; ++r)
@@ -125,7 +132,9 @@ Dispatched Dispatcher::dispatch(const at::Tensor& hidden, const at::Tensor& expe
 
   // 4. Rows on the wire in the comm dtype.
   const at::Tensor send = hidden.index_select(0, plan.slot_order.div(k, "floor")).to(comm_dtype_);
+  span.reset();  // the row exchange records its own span (forward and backward)
   const at::Tensor recv = all_to_all_rows(comm_, send, plan.send_counts, plan.recv_counts, boundary::kDispatchSend, layer);
+  span.emplace("moe.permute", layer);
 
   // 5. Received rows are source-major (then expert); experts want expert-major.
   std::vector<int64_t> regroup;
@@ -153,15 +162,18 @@ Dispatched Dispatcher::dispatch(const at::Tensor& hidden, const at::Tensor& expe
 at::Tensor Dispatcher::combine(const at::Tensor& expert_out, const DispatchPlan& plan, const at::Tensor& weights,
                                c10::ScalarType out_dtype, int layer) {
   const int64_t R = plan.regroup.size(0);
+  std::optional<trace::Scope> span(std::in_place, "moe.combine", layer);
   TRUSTEP_CHECK(expert_out.dim() == 2 && expert_out.size(0) == R,
                 "combine (layer {}, rank {}): expert output must be [{}, H], got {} rows", layer, comm_.rank(), R,
                 expert_out.dim() == 2 ? expert_out.size(0) : -1);
   ContractChecker().enforce(Contract{boundary::kExpertOut, expert_dtype_, std::nullopt, 2, true}, expert_out, layer);
 
   // Back to source-major order, then home.
-  const at::Tensor source_major = expert_out.index_select(0, plan.ungroup);
-  const at::Tensor back = all_to_all_rows(comm_, source_major.to(comm_dtype_), plan.recv_counts, plan.send_counts,
-                                          boundary::kCombineSend, layer);
+  const at::Tensor source_major = expert_out.index_select(0, plan.ungroup).to(comm_dtype_);
+  span.reset();
+  const at::Tensor back =
+      all_to_all_rows(comm_, source_major, plan.recv_counts, plan.send_counts, boundary::kCombineSend, layer);
+  span.emplace("moe.combine", layer);
 
   // Σ_j w[t, j] · y[t, j], accumulated in fp32.
   const at::Tensor w = weights.reshape({-1}).index_select(0, plan.slot_order).unsqueeze(1);  // [S, 1] fp32

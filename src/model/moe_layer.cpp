@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "core/trace.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/TensorOperators.h>
@@ -83,18 +84,27 @@ void MoELayerImpl::load_hf(const std::string& path, const std::string& prefix) {
 MoEOutput MoELayerImpl::forward(const at::Tensor& x, const routing::SelectorInputs& trust) {
   TRUSTEP_CHECK(x.dim() >= 2 && x.size(-1) == config_.hidden, "MoE layer {}: input must be [..., {}], got ndim {}",
                 config_.layer, config_.hidden, x.dim());
+  trace::Scope layer_span("moe.layer", config_.layer);
   const at::Tensor tokens = x.reshape({-1, config_.hidden});  // [T, H]
-  const routing::RouterOutput r = router->forward(tokens);
-  routing::SelectorInputs in = trust;
-  in.probs = r.probs;
   MoEOutput out;
-  out.selection = selector_.select(in);
+  routing::RouterOutput r;
+  {
+    trace::Scope span("moe.route", config_.layer);
+    r = router->forward(tokens);
+    routing::SelectorInputs in = trust;
+    in.probs = r.probs;
+    out.selection = selector_.select(in);
+    out.balance_loss = routing::load_balancing_loss(r.probs, out.selection.experts);
+  }
   auto d = dispatcher_.dispatch(tokens, out.selection.experts, config_.layer);
-  at::Tensor y = experts->forward(d.rows, d.plan.local_counts);  // [R, H] expert-major
-  if (!poison_.empty()) y = apply_poison(y, d.plan.local_counts);
+  at::Tensor y;
+  {
+    trace::Scope span("moe.experts", config_.layer);
+    y = experts->forward(d.rows, d.plan.local_counts);  // [R, H] expert-major
+    if (!poison_.empty()) y = apply_poison(y, d.plan.local_counts);
+  }
   out.hidden = dispatcher_.combine(y, d.plan, out.selection.weights, x.scalar_type(), config_.layer).view(x.sizes());
   out.z_loss = r.z_loss;
-  out.balance_loss = routing::load_balancing_loss(r.probs, out.selection.experts);
   return out;
 }
 

@@ -3,6 +3,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/trace.h"
 #include "routing/context.h"
 #include "routing/stats.h"
 #include "train/checkpoint.h"
@@ -23,6 +24,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 namespace trustep::train {
@@ -69,9 +71,11 @@ struct StepMetrics {
   at::Tensor counters; // [L, 6] fp64: substituted, unfilled, dropped, rerouted, trust_routed, explored
 };
 
-class Trainer {
+}  // namespace
+
+class Trainer::Impl {
  public:
-  Trainer(comm::Communicator& comm, const TrainConfig& config)
+  Impl(comm::Communicator& comm, const TrainConfig& config)
       : comm_(comm), config_(config), optimizer_(config.adamw) {
     DataConfig data_config;
     data_config.batch = config.batch;
@@ -127,11 +131,15 @@ class Trainer {
 
     const auto t0 = Clock::now();
     const int64_t tokens_per_step = config_.batch * config_.model.max_seq * comm_.size();
+    // --trace: the last trace_steps steps of this run (warmed up), on every rank.
+    const int64_t end = config_.stop_after > 0 ? std::min(config_.steps, start + config_.stop_after) : config_.steps;
+    const int64_t trace_from = config_.trace.empty() ? end : std::max(start, end - config_.trace_steps);
     int64_t last = start;
     double last_loss = 0;
     for (int64_t step = start; step < config_.steps; ++step) {
+      if (!config_.trace.empty() && step == trace_from) start_trace(comm_);
       const auto ts = Clock::now();
-      const StepMetrics m = train_step(step);
+      const StepMetrics m = step_once(step);
       const double step_s = seconds_since(ts);
       last = step + 1;
       last_loss = m.loss;
@@ -150,10 +158,12 @@ class Trainer {
       if (stop_early || (config_.checkpoint_every > 0 && last % config_.checkpoint_every == 0 && last < config_.steps))
         save(checkpoints, last, m.loss);
       if (stop_early) {
+        if (!config_.trace.empty()) write_trace(comm_, config_.trace, "trustep train");
         if (comm_.rank() == 0) log::info("train: stopped after {} steps of this run (--stop-after)", last - start);
         return 0;
       }
     }
+    if (!config_.trace.empty()) write_trace(comm_, config_.trace, "trustep train");
     const double wall = seconds_since(t0);
     if (last > start || resume.empty()) save(checkpoints, last, last_loss);
     trust_->check_consistent(comm_);
@@ -169,10 +179,12 @@ class Trainer {
     return 0;
   }
 
- private:
   // One optimisation step; every rank calls it with its own shard of the data.
-  StepMetrics train_step(int64_t step) {
+  StepMetrics step_once(int64_t step) {
+    trace::set_step(step);
+    trace::Scope span("train.step");
     const int64_t L = config_.model.layers, E = config_.model.experts, k = config_.model.top_k;
+    std::optional<trace::Scope> phase(std::in_place, "train.data");
     const Batch batch = data_->batch(step);
     const int64_t T = batch.tokens.numel();
     const at::Tensor label_ctx = batch.context.unsqueeze(1).expand(batch.tokens.sizes()).reshape({T});
@@ -197,6 +209,7 @@ class Trainer {
     };
 
     model_->zero_grad();
+    phase.emplace("train.forward");
     const model::LMOutput out = model_->forward(batch.tokens, hook);
     const int64_t V = out.logits.size(-1);
     // Per-token loss [T] fp32; padding does not count.
@@ -214,8 +227,10 @@ class Trainer {
     const double W = comm_.size();
     const at::Tensor loss = lm_sum / global_tokens +
                             (config_.balance_coef * out.balance_loss + config_.z_coef * out.z_loss) / W;
+    phase.emplace("train.backward");
     loss.backward();
 
+    phase.emplace("train.allreduce");
     // One all-reduce for the replicated gradients and everything the step reports.
     std::vector<at::Tensor> pieces;
     for (auto& p : params_.replicated) {
@@ -250,6 +265,7 @@ class Trainer {
 
     // Global norm: every rank's expert part plus the replicated gradients (identical everywhere),
     // summed per parameter in a fixed order; one host copy for all the partial sums.
+    phase.emplace("train.optimizer");
     StepMetrics m;
     std::vector<at::Tensor> partial;
     int64_t offset = 0;
@@ -279,10 +295,14 @@ class Trainer {
     m.counters = per_layer.slice(1, E, E + 6);
     routing_totals_ += per_layer;
 
+    phase.emplace("train.trust");
     update_trust(nll.detach(), mask, batch.targets.reshape({T}), label_ctx, layer_ctx, out.selections);
     return m;
   }
 
+  int64_t tokens_per_step() const { return config_.batch * config_.model.max_seq * comm_.size(); }
+
+ private:
   // Credits each (layer, context, expert) a token used with the token's quality, then applies
   // the step on every rank (docs/trust-model.md).
   void update_trust(const at::Tensor& nll, const at::Tensor& mask, const at::Tensor& targets,
@@ -360,6 +380,7 @@ class Trainer {
   }
 
   void save(const fs::path& root, int64_t step, double loss) {
+    trace::Scope span("train.checkpoint");
     CheckpointContents c;
     c.step = step;
     c.meta = meta(step, loss);
@@ -499,12 +520,39 @@ class Trainer {
   std::ofstream metrics_;
 };
 
-}  // namespace
+Trainer::Trainer(comm::Communicator& comm, const TrainConfig& config) {
+  comm.fail_together([&] { impl_ = std::make_unique<Impl>(comm, config); }, "train: setup");
+}
+Trainer::~Trainer() = default;
+int Trainer::run() { return impl_->run(); }
+void Trainer::step(int64_t step) { (void)impl_->step_once(step); }
+int64_t Trainer::tokens_per_step() const { return impl_->tokens_per_step(); }
 
-int run_train(comm::Communicator& comm, const TrainConfig& config) {
-  std::unique_ptr<Trainer> trainer;
-  comm.fail_together([&] { trainer = std::make_unique<Trainer>(comm, config); }, "train: setup");
-  return trainer->run();
+int run_train(comm::Communicator& comm, const TrainConfig& config) { return Trainer(comm, config).run(); }
+
+void start_trace(comm::Communicator& comm) {
+  // Device work would otherwise show up in whichever span happens to wait for it.
+  if (std::string(comm.name()) == "nccl") trace::set_sync([&comm] { comm.synchronize(); });
+  trace::clear();
+  comm.barrier("trace.origin");
+  trace::set_origin();
+  trace::enable(true);
+}
+
+void write_trace(comm::Communicator& comm, const std::string& path, const std::string& title) {
+  trace::enable(false);
+  trace::set_sync({});
+  const auto events = comm.all_gather_text(trace::chrome_events(trace::spans(), comm.rank()), "trace.gather");
+  comm.fail_together(
+      [&] {
+        if (comm.rank() != 0) return;
+        std::ofstream out(path, std::ios::trunc);
+        out << trace::chrome_document(events, title);
+        out.close();
+        TRUSTEP_CHECK(out.good(), "cannot write trace file '{}'", path);
+      },
+      "--trace " + path);
+  if (comm.rank() == 0) log::info("trace: wrote {} (open in ui.perfetto.dev or chrome://tracing)", path);
 }
 
 }  // namespace trustep::train

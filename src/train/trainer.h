@@ -10,6 +10,7 @@
 #include "trust/trust_table.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -62,9 +63,33 @@ struct TrainConfig {
   bool plots = true;
   int64_t trust_plot_layer = 0;
   int64_t stop_after = 0;  // > 0: stop (with a checkpoint) after this many steps of this run
+  std::string trace;        // Chrome trace of the last trace_steps steps (rank 0 writes it), empty: off
+  int64_t trace_steps = 3;
+};
+
+// The training job. Construction and run() are collective; constructing resumes nothing (run()
+// does, per config.resume).
+class Trainer {
+ public:
+  Trainer(comm::Communicator& comm, const TrainConfig& config);  // errors: the same on every rank
+  ~Trainer();
+  int run();  // the whole run: steps, metrics, checkpoints, plots; returns the exit code
+  // One optimisation step and nothing else (no metrics, no checkpoint): for benchmarks.
+  void step(int64_t step);
+  int64_t tokens_per_step() const;  // all ranks
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 // Collective. Returns the process exit code.
 int run_train(comm::Communicator& comm, const TrainConfig& config);
+
+// Collective: clears the recorder, lines the ranks' clocks up after a barrier and starts
+// recording spans (core/trace.h); on nccl every span waits for the device.
+void start_trace(comm::Communicator& comm);
+// Collective: stops recording and writes every rank's spans as one Chrome trace (rank 0).
+void write_trace(comm::Communicator& comm, const std::string& path, const std::string& title);
 
 }  // namespace trustep::train
