@@ -86,7 +86,8 @@ struct LayerBenchRecord {
   // kLayerPhases name (bench/report.h): median over iterations of the slowest rank.
   std::vector<double> phase_us;
   double expert_weight_mib = 0;  // this rank's expert weights (max over ranks)
-  double peak_rss_mib = 0;       // peak resident memory during this point (max over ranks)
+  double peak_rss_mib = 0;       // peak resident memory while timing this point (max over ranks)
+  double init_peak_rss_mib = 0;  // peak resident memory while building the layer and its inputs
 };
 
 // Collective: every rank calls it with the same options. Runs every point and returns the

@@ -23,7 +23,7 @@ import sys
 COLUMNS = ["benchmark", "scaling", "world", "skew", "bytes_per_peer", "tokens_per_rank", "global_tokens",
            "experts", "top_k", "mode", "dtype", "time_us", "reference", "reference_us", "ratio", "ratio_name",
            "tokens_per_s", "efficiency", "peer_us", "peer_ratio", "a2a_share", "gemm_bound_ratio",
-           "expert_weight_mib", "peak_rss_mib", "phases_us"]
+           "expert_weight_mib", "peak_rss_mib", "init_peak_rss_mib", "phases_us"]
 
 
 def world_of(path):
@@ -131,7 +131,8 @@ def qwen_rows(d):
                          "ratio_name": "gemm_bound_ratio", "tokens_per_s": r["tokens_per_s"] * doc["world"],
                          "a2a_share": r["a2a_share"], "gemm_bound_ratio": r["gemm_bound_ratio"],
                          "expert_weight_mib": r.get("expert_weight_mib"), "peak_rss_mib": r.get("peak_rss_mib"),
-                         "phases_us": r.get("phase_us"), "hidden": r["hidden"], "ffn": r["ffn"]})
+                         "init_peak_rss_mib": r.get("init_peak_rss_mib"), "phases_us": r.get("phase_us"),
+                         "hidden": r["hidden"], "ffn": r["ffn"]})
     return rows
 
 
@@ -189,11 +190,11 @@ def tables(rows):
     if qwen:
         out += ["### qwen3-30b-a3b layer shape (H 2048, F 768, E 128, k 8, bf16), forward", "",
                 "| world | tokens/rank | fwd ms | GEMM ms | gemm_bound_ratio | a2a_share | expert weights MiB/rank | "
-                "peak RSS MiB/rank |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "peak RSS MiB/rank (running) | (building) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in qwen:
             out.append(f"| {r['world']} | {r['tokens_per_rank']} | {fmt(r['time_us'] / 1e3)} | "
                        f"{fmt(r['reference_us'] / 1e3)} | {fmt(r['ratio'], 3)} | {fmt(r['a2a_share'], 3)} | "
-                       f"{fmt(r['expert_weight_mib'], 0)} | {fmt(r['peak_rss_mib'], 0)} |")
+                       f"{fmt(r['expert_weight_mib'], 0)} | {fmt(r['peak_rss_mib'], 0)} | {fmt(r.get('init_peak_rss_mib'), 0)} |")
         out.append("")
     sel = [r for r in rows if r["benchmark"] == "select"]
     if sel:

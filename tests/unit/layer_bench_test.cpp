@@ -1,6 +1,7 @@
 // `trustep bench layer`: option validation names the option; a tiny run on a self communicator
 // yields records with positive times and a plausible GEMM-bound ratio.
 #include "bench/layer_bench.h"
+#include "bench/report.h"
 #include "comm/self_communicator.h"
 #include "core/error.h"
 
@@ -75,6 +76,12 @@ TEST(BenchLayer, TinyRunFillsEveryRecord) {
     EXPECT_GT(r.raw_a2a_us, 0);
     EXPECT_GT(r.tokens_per_s, 0);
     EXPECT_GT(r.gemm_bound_ratio, 0);
+    // Every phase of the forward+backward step was seen; the expert weights are E·3·H·F elements.
+    ASSERT_EQ(r.phase_us.size(), kLayerPhases.size());
+    for (size_t p = 0; p < r.phase_us.size(); ++p) EXPECT_GT(r.phase_us[p], 0) << kLayerPhases[p];
+    EXPECT_DOUBLE_EQ(r.expert_weight_mib, 4.0 * 3 * 64 * 128 * (r.dtype == "fp32" ? 4 : 2) / (1024.0 * 1024.0));
+    EXPECT_GT(r.peak_rss_mib, 0);
+    EXPECT_GT(r.init_peak_rss_mib, 0);
   }
   EXPECT_GT(records[1].bf16_over_fp32_ratio, 0);
 
@@ -87,6 +94,7 @@ TEST(BenchLayer, TinyRunFillsEveryRecord) {
   EXPECT_GT(fwd[0].fwd_us, 0);
   EXPECT_EQ(fwd[0].fwd_bwd_us, 0);
   EXPECT_GT(fwd[0].gemm_bound_ratio, 0);
+  EXPECT_EQ(fwd[0].phase_us.back(), 0);  // moe.exchange.bwd: no backward was timed
 }
 
 TEST(BenchLayer, ExpertsThatDoNotSplitOverTheRanksNameTheOption) {
