@@ -61,7 +61,6 @@ TrainBenchRecord measure_train(comm::Communicator& comm, const train::TrainConfi
   train::TrainConfig c = config;
   c.resume.clear();
   train::Trainer trainer(comm, c);
-  const bool on_device = std::string(comm.name()) == "nccl";
 
   // Untimed steps, then timed ones with spans and exchange recording on.
   reset_peak_rss();
@@ -101,13 +100,10 @@ TrainBenchRecord measure_train(comm::Communicator& comm, const train::TrainConfi
 
   // The same exchanges, bare: every rank recorded the same sequence of collectives (lockstep).
   std::vector<Replay> replays;
-  const c10::Device device = on_device ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
   double sent_bytes = 0;
   for (const auto& e : exchanges) {
     const int64_t rows = std::accumulate(e.send_counts.begin(), e.send_counts.end(), int64_t{0});
-    // The counts exchange (int64) travels from host memory; rows live on the tokens' device.
-    const c10::Device where = e.dtype == at::kLong ? c10::Device(c10::kCPU) : device;
-    replays.push_back({e, at::zeros({rows, e.width}, at::TensorOptions().dtype(e.dtype).device(where)), {}});
+    replays.push_back({e, at::zeros({rows, e.width}, at::TensorOptions().dtype(e.dtype).device(e.device)), {}});
     sent_bytes += static_cast<double>(rows * e.width) * static_cast<double>(c10::elementSize(e.dtype));
   }
   std::vector<double> bare;

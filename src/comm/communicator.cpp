@@ -101,7 +101,8 @@ AllToAllResult Communicator::all_to_all_v(const at::Tensor& send, const std::vec
   Entered e = enter(static_cast<int>(CollectiveOp::kAllToAllV), &send, &contract, layer, &send_counts, 0, "");
   const int64_t rows = std::accumulate(e.recv_counts.begin(), e.recv_counts.end(), int64_t{0});
   const int64_t width = e.tensor.size(1);
-  if (recording_) exchanges_.push_back({contract.boundary, e.tensor.scalar_type(), width, send_counts});
+  if (recording_)
+    exchanges_.push_back({contract.boundary, e.tensor.scalar_type(), e.tensor.device(), width, send_counts});
   at::Tensor recv;
   if (recv_buffer) {
     at::Tensor& buf = *recv_buffer;

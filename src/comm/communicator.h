@@ -43,6 +43,7 @@ struct AllToAllResult {
 struct ExchangeRecord {
   std::string boundary;
   c10::ScalarType dtype = c10::ScalarType::Undefined;
+  c10::Device device = c10::Device(c10::kCPU);
   int64_t width = 0;                 // elements per row
   std::vector<int64_t> send_counts;  // [world] rows this rank sent to each rank
 };
