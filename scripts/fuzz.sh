@@ -45,7 +45,7 @@ log "built in $((SECONDS - start)) s"
 
 python3 tests/fuzz/make_corpus.py --check
 
-export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=0:abort_on_error=0"
+export ASAN_OPTIONS="detect_leaks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 # Every input becomes files (and the round trips fsync): on tmpfs when there is one, 10x faster.
 tmp_base="${TMPDIR:-/tmp}"; [ -d /dev/shm ] && [ -w /dev/shm ] && tmp_base=/dev/shm
@@ -82,22 +82,22 @@ for t in "${targets[@]}"; do
   pids[$t]=$!
 done
 
+stat_of() { awk -v k="stat::$2:" '$1 == k {print $2}' "$1"; }
 failed=0
 printf '[fuzz] %-12s %10s %8s %10s  %s\n' target executions exec/s new-units result
 for t in "${targets[@]}"; do
   rc=0; wait "${pids[$t]}" || rc=$?
   logf="$build/findings/$t.log"
-  stat() { awk -v k="stat::$1:" '$1 == k {print $2}' "$logf"; }
   finding=$(find "$build/findings/$t" -type f | head -n 1)
   result=ok
   if ((rc != 0)) || [ -n "$finding" ]; then result="FAILED (exit $rc)"; failed=1; fi
-  printf '[fuzz] %-12s %10s %8s %10s  %s\n' "$t" "$(stat number_of_executed_units)" "$(stat average_exec_per_sec)" \
-    "$(stat new_units_added)" "$result"
+  printf '[fuzz] %-12s %10s %8s %10s  %s\n' "$t" "$(stat_of "$logf" number_of_executed_units)" \
+    "$(stat_of "$logf" average_exec_per_sec)" "$(stat_of "$logf" new_units_added)" "$result"
   if [ "$result" != ok ]; then
-    grep -E '^==== trustep fuzz finding|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error|SUMMARY' \
+    grep -E '^==== trustep fuzz finding|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error|Assertion|SUMMARY' \
       "$logf" | head -n 5 | sed 's/^/[fuzz]     /'
-    echo "[fuzz]     log: $logf"
-    [ -n "$finding" ] && echo "[fuzz]     reproduce: $build/bin/fuzz_$t $finding"
+    echo "[fuzz]     log: $root/$logf"
+    if [ -n "$finding" ]; then echo "[fuzz]     reproduce: $root/$build/bin/fuzz_$t $root/$finding"; fi
   fi
 done
 log "total $((SECONDS - start)) s"

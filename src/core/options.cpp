@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -148,6 +149,8 @@ std::vector<int64_t> parse_size_list(const std::string& text, const std::string&
                                     "(e.g. 4096, 64k, 1M)",
                                     text, option, word),
                         TRUSTEP_ORIGIN);
+    TRUSTEP_CHECK_AS(OptionError, value <= INT64_MAX / scale,
+                     "invalid value '{}' for option '{}': '{}' does not fit in 64 bits", text, option, word);
     sizes.push_back(static_cast<int64_t>(value) * scale);
   }
   return sizes;

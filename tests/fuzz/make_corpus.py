@@ -142,6 +142,10 @@ def checkpoint_seeds():
     def bad_crc(entry):
         entry["crc32"] ^= 1
 
+    def shard_lists_twice(entry):
+        if entry["rank"] == 0:
+            entry["tensors"].append(entry["tensors"][0])
+
     def shard_lists_absent(entry):
         if entry["rank"] == 1:
             entry["tensors"].append("experts.9.w")
@@ -158,6 +162,7 @@ def checkpoint_seeds():
         "bad-size.txt": checkpoint(world1, 1, lie=zero_sums),
         "bad-missing-shard.txt": checkpoint(world1, 2),
         "bad-tensor-not-in-shard.txt": checkpoint(world2, 2, lie=shard_lists_absent),
+        "bad-tensor-twice.txt": checkpoint(world1, 1, lie=shard_lists_twice),
         "bad-version.txt": checkpoint(world1, 1).replace(b'"version": 1', b'"version": 2'),
         "bad-json.txt": checkpoint(world1, 1).replace(b'"files": [', b'"files": [[', 1),
         "bad-latest.txt": checkpoint(world1, 1, words="root", unlisted=[("latest", b"../step-00000001\n")]),
@@ -184,6 +189,9 @@ def config_seeds():
         "bad-size.ini": b"sizes = 4x,0,-1\n",
         "bad-empty-list-item.ini": b"skew = uniform,,hot\n",
         "bad-syntax.ini": b"steps\n",
+        "bad-placeholder-value.ini": b"steps = %value%\n",
+        "bad-placeholder-key.ini": b"%canonical_option% = 1\n",
+        "bad-size-overflow.ini": b"sizes = 4k,9999999999999g\n",
     })
     return seeds
 

@@ -107,6 +107,10 @@ TEST(Options, SizeLists) {
             std::string::npos);
   EXPECT_NE(error_of<OptionError>([] { parse_size_list("-4", "--sizes"); }).find("not a positive size"), std::string::npos);
   EXPECT_NE(error_of<OptionError>([] { parse_size_list("0", "--sizes"); }).find("not a positive size"), std::string::npos);
+  // found by tests/fuzz: the multiplication overflowed (undefined behaviour) instead
+  EXPECT_EQ(error_of<OptionError>([] { parse_size_list("4k,9999999999999g", "--sizes"); }),
+            "invalid value '4k,9999999999999g' for option '--sizes': '9999999999999g' does not fit in 64 bits");
+  EXPECT_EQ(parse_size_list("8589934591g", "--sizes"), (std::vector<int64_t>{int64_t{8589934591} << 30}));
 }
 
 TEST(Options, ConfigSectionsApplyToTheirCommandOnly) {
