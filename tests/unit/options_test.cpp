@@ -65,8 +65,7 @@ TEST(Options, PlaceholdersInValuesAndKeysDoNotHang) {
   EXPECT_NE(e.find("%25value%25"), std::string::npos) << e;
   e = error_of<OptionError>([&] { p.parse({"--%canonical_option%", "1"}); });
   EXPECT_EQ(e, "bench comm: unrecognised option '--%25canonical_option%25'");
-  const auto ini = write_ini("placeholders.ini", "%original_token% = 1
-");
+  const auto ini = write_ini("placeholders.ini", "%original_token% = 1\n");
   e = error_of<OptionError>([&] { p.parse({"--config", ini}); });
   EXPECT_EQ(e, "bench comm: unrecognised option '%25original_token%25'");
 }
