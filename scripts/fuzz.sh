@@ -83,14 +83,14 @@ for t in "${targets[@]}"; do
 done
 
 stat_of() { awk -v k="stat::$2:" '$1 == k {print $2}' "$1"; }
-failed=0
+failed=0 n_failed=0
 printf '[fuzz] %-12s %10s %8s %10s  %s\n' target executions exec/s new-units result
 for t in "${targets[@]}"; do
   rc=0; wait "${pids[$t]}" || rc=$?
   logf="$build/findings/$t.log"
   finding=$(find "$build/findings/$t" -type f | head -n 1)
   result=ok
-  if ((rc != 0)) || [ -n "$finding" ]; then result="FAILED (exit $rc)"; failed=1; fi
+  if ((rc != 0)) || [ -n "$finding" ]; then result="FAILED (exit $rc)"; failed=1; n_failed=$((n_failed + 1)); fi
   printf '[fuzz] %-12s %10s %8s %10s  %s\n' "$t" "$(stat_of "$logf" number_of_executed_units)" \
     "$(stat_of "$logf" average_exec_per_sec)" "$(stat_of "$logf" new_units_added)" "$result"
   if [ "$result" != ok ]; then
@@ -101,4 +101,5 @@ for t in "${targets[@]}"; do
   fi
 done
 log "total $((SECONDS - start)) s"
+echo "fuzz: $((${#targets[@]} - n_failed)) passed, $n_failed failed"
 exit "$failed"
