@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -24,6 +25,27 @@ void add_common_options(po::options_description& desc, CommonOptions& common) {
       ("log-level", po::value(&common.log_level)->default_value(common.log_level),
        "trace, debug, info, warn, error, off");
 }
+
+namespace {
+
+// Boost.Program_options (1.74) fills %placeholders% into its messages until none is left, so
+// a value or key that itself holds one ("--iters %value%") made what() loop forever. Its
+// substitutions are protected: reached through a member pointer, written back percent-encoded.
+struct Substitutions : po::error_with_option_name {
+  using po::error_with_option_name::m_substitutions;
+};
+
+std::string message_of(po::error& e) {
+  if (auto* named = dynamic_cast<po::error_with_option_name*>(&e))
+    for (auto& [key, value] : named->*(&Substitutions::m_substitutions)) {
+      std::string safe;
+      for (char c : value) safe += c == '%' ? std::string("%25") : std::string(1, c);
+      value = safe;
+    }
+  return e.what();
+}
+
+}  // namespace
 
 std::string config_for_command(const std::string& text, const std::string& command,
                                const std::vector<std::string>& sections, const std::string& path,
@@ -86,8 +108,8 @@ ParsedCommand parse_options(const std::string& command, const po::options_descri
     uint64_t h = fnv1a(command.data(), command.size());
     for (const auto& a : args) h = fnv1a(a.data(), a.size() + 1, h);
     parsed.fingerprint = fnv1a(config_bytes.data(), config_bytes.size(), h);
-  } catch (const po::error& e) {
-    throw OptionError(fmt::format("{}: {}", command, e.what()), TRUSTEP_ORIGIN);
+  } catch (po::error& e) {
+    throw OptionError(fmt::format("{}: {}", command, message_of(e)), TRUSTEP_ORIGIN);
   }
   return parsed;
 }
@@ -139,6 +161,8 @@ std::vector<int64_t> parse_size_list(const std::string& text, const std::string&
                                     "(e.g. 4096, 64k, 1M)",
                                     text, option, word),
                         TRUSTEP_ORIGIN);
+    TRUSTEP_CHECK_AS(OptionError, value <= INT64_MAX / scale,
+                     "invalid value '{}' for option '{}': '{}' does not fit in 64 bits", text, option, word);
     sizes.push_back(static_cast<int64_t>(value) * scale);
   }
   return sizes;

@@ -136,10 +136,14 @@ Entry parse_entry(const std::string& name, const json& v, const std::string& pat
   const json& shape = v["shape"];
   TRUSTEP_CHECK(shape.is_array(), "safetensors '{}': tensor '{}': shape must be an array, got {}", path, name,
                 shape.dump());
-  uint64_t numel = 1;
+  // span: the product with zero dims counted as 1, which bounds LibTorch's strides (int64) even
+  // when numel is 0; [0, 2^62, 2^62] would otherwise throw c10::Error from at::empty.
+  uint64_t numel = 1, span = 1;
   for (const json& d : shape) {
     const uint64_t dim = header_uint(d, path, name, "shape");
-    TRUSTEP_CHECK(dim <= static_cast<uint64_t>(INT64_MAX) && !__builtin_mul_overflow(numel, dim, &numel),
+    TRUSTEP_CHECK(dim <= static_cast<uint64_t>(INT64_MAX) && !__builtin_mul_overflow(numel, dim, &numel) &&
+                      !__builtin_mul_overflow(span, std::max<uint64_t>(dim, 1), &span) &&
+                      span <= static_cast<uint64_t>(INT64_MAX),
                   "safetensors '{}': tensor '{}': shape {} overflows", path, name, shape.dump());
     e.shape.push_back(static_cast<int64_t>(dim));
   }
@@ -258,7 +262,7 @@ SafetensorsFile load_safetensors(const std::string& path, const std::function<bo
   json header;
   try {
     header = json::parse(text, note_keys);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     throw Error(fmt::format("safetensors '{}': bad JSON header: {}", path, e.what()), TRUSTEP_ORIGIN);
   }
   TRUSTEP_CHECK(header.is_object(), "safetensors '{}': header must be a JSON object, got {}", path,

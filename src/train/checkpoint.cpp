@@ -504,8 +504,9 @@ Checkpoint Checkpoint::open(const std::string& path, bool verify_checksums) {
       ++shards_of_rank[static_cast<size_t>(cf.rank)];
       for (const std::string& t : cf.tensors) {
         const auto [it, fresh] = ck.shard_index_.emplace(t, ck.files_.size());
+        // it->second == files_.size(): listed twice by this very file (not yet in files_).
         TRUSTEP_CHECK(fresh, "{}: sharded tensor '{}' is listed in '{}' and in '{}'", where, t,
-                      ck.files_[it->second].name, cf.name);
+                      it->second < ck.files_.size() ? ck.files_[it->second].name : cf.name, cf.name);
       }
     }
     ck.files_.push_back(std::move(cf));
@@ -556,8 +557,9 @@ TensorMap Checkpoint::load_sharded(const std::vector<std::string>& names) const 
                 TRUSTEP_ORIGIN);
   }
   TensorMap out;
-  for (const auto& [index, wanted] : by_file) {
-    const std::string path = join(dir_, files_[index].name);
+  for (const auto& entry : by_file) {
+    const std::set<std::string>& wanted = entry.second;  // not a structured binding: clang 14 cannot capture those
+    const std::string path = join(dir_, files_[entry.first].name);
     TensorMap got = load_safetensors(path, [&](const std::string& n) { return wanted.count(n) > 0; }).tensors;
     for (const std::string& n : wanted) {
       const auto it = got.find(n);

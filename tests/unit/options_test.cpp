@@ -56,6 +56,20 @@ TEST(Options, BadValueIsNamed) {
   EXPECT_NE(e.find("wide"), std::string::npos) << e;
 }
 
+// Found by tests/fuzz: Boost expands %placeholders% in its messages until none is left, so
+// these looped forever (and grew the message without bound) before the error was raised.
+TEST(Options, PlaceholdersInValuesAndKeysDoNotHang) {
+  Parsed p;
+  std::string e = error_of<OptionError>([&] { p.parse({"--hidden", "%value%"}); });
+  EXPECT_NE(e.find("'--hidden'"), std::string::npos) << e;
+  EXPECT_NE(e.find("%25value%25"), std::string::npos) << e;
+  e = error_of<OptionError>([&] { p.parse({"--%canonical_option%", "1"}); });
+  EXPECT_EQ(e, "bench comm: unrecognised option '--%25canonical_option%25'");
+  const auto ini = write_ini("placeholders.ini", "%original_token% = 1\n");
+  e = error_of<OptionError>([&] { p.parse({"--config", ini}); });
+  EXPECT_EQ(e, "bench comm: unrecognised option '%25original_token%25'");
+}
+
 TEST(Options, ConfigFileSuppliesValuesAndCommandLineWins) {
   const auto ini = write_ini("cfg.ini", "# preset\nhidden = 128\ndtype = fp16\n");
   Parsed p;
@@ -92,6 +106,10 @@ TEST(Options, SizeLists) {
             std::string::npos);
   EXPECT_NE(error_of<OptionError>([] { parse_size_list("-4", "--sizes"); }).find("not a positive size"), std::string::npos);
   EXPECT_NE(error_of<OptionError>([] { parse_size_list("0", "--sizes"); }).find("not a positive size"), std::string::npos);
+  // found by tests/fuzz: the multiplication overflowed (undefined behaviour) instead
+  EXPECT_EQ(error_of<OptionError>([] { parse_size_list("4k,9999999999999g", "--sizes"); }),
+            "invalid value '4k,9999999999999g' for option '--sizes': '9999999999999g' does not fit in 64 bits");
+  EXPECT_EQ(parse_size_list("8589934591g", "--sizes"), (std::vector<int64_t>{int64_t{8589934591} << 30}));
 }
 
 TEST(Options, ConfigSectionsApplyToTheirCommandOnly) {

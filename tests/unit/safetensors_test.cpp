@@ -223,6 +223,9 @@ TEST_F(Safetensors, EachCorruptionIsNamed) {
       {"data_truncated", f32x2, std::string(5, '\0'), std::nullopt,
        "tensor 'w': data_offsets [0, 8] reach past the data section (5 bytes)"},
       {"bad_json", R"({"w":{"dtype":"F32",)", "", std::nullopt, "bad JSON header"},
+      // found by tests/fuzz: nlohmann throws out_of_range, not parse_error, for this one
+      {"number_overflow", R"({"w":{"dtype":"F32","shape":[1e400],"data_offsets":[0,4]}})", std::string(4, '\0'),
+       std::nullopt, "bad JSON header: [json.exception.out_of_range.406] number overflow"},
       {"not_an_object", "[1, 2]", "", std::nullopt, "header must be a JSON object, got array"},
       {"unknown_dtype", R"({"w":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}})", std::string(1, '\0'),
        std::nullopt, "tensor 'w': unknown dtype 'F4'"},
@@ -249,6 +252,9 @@ TEST_F(Safetensors, EachCorruptionIsNamed) {
        "__metadata__ value of 'step' must be a string, got 3"},
       {"huge_shape", R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})",
        std::string(8, '\0'), std::nullopt, "tensor 'w': shape [4294967296,4294967296] overflows"},
+      // no elements, but LibTorch's strides would overflow (c10::Error before the fix)
+      {"huge_empty_shape", R"({"w":{"dtype":"F32","shape":[0,4611686018427387904,4],"data_offsets":[0,0]}})", "",
+       std::nullopt, "tensor 'w': shape [0,4611686018427387904,4] overflows"},
   };
   for (const Corruption& c : cases) {
     const std::string p = write_raw(std::string(c.name) + ".safetensors", c.header, c.data, c.length);
