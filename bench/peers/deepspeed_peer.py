@@ -11,15 +11,21 @@ sampling of the second expert), weights drawn exactly like moe_peer.py's. By def
 dropless (drop_tokens=False): DeepSpeed then pads every expert's buffer to the largest per-expert
 count over all ranks (one all_reduce MAX per forward) and exchanges the fixed [E, C, H] buffer
 with equal splits. --capacity-factor F > 0 gives DeepSpeed's dropping mode instead (capacity
-ceil(F·k·T/E) per expert and source rank, overflow dropped). Each JSON line adds `capacity` (C)
-and `padded_over_routed` (E·C / (T·k): expert rows computed and sent per row routed) and
-`dropped_fraction`.
+ceil(F·k·T/E) per expert and source rank, overflow dropped). Each JSON line adds `capacity` (C),
+`padded_over_routed` (W·E·C / Σ T·k: expert rows computed and sent per row routed, all ranks)
+and `dropped_fraction`.
 
 --check runs no timing: for each T it compares the output and the input gradient with
 moe_peer.py's layer on the same weights and inputs and exits 1 if they differ beyond rounding.
+--save-weights FILE.safetensors writes the layer's weights (all experts, fp32) in the Hugging Face
+layout `trustep bench layer --weights` reads; --input X.npy --dump-output Y.npy runs that global
+batch once like `trustep bench layer --dump-output` (rank r takes rows [N·r/W, N·(r+1)/W), rank 0
+writes the whole fp32 output), so the two can be compared on the same weights and inputs.
 """
 import contextlib
+import json
 import os
+import struct
 import sys
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported: no GPU probing
@@ -125,12 +131,57 @@ def check(a, rank, world, layer):
     return ok
 
 
+def save_weights(a, path, prefix="model.layers.0.mlp."):
+    """safetensors (8-byte little-endian header size, JSON header, raw little-endian bytes)."""
+    router, gate, up, down = peer_bench.init_weights(a.hidden, a.ffn, a.experts, range(a.experts), a.seed)
+    named = {prefix + "gate.weight": router}
+    for e in range(a.experts):
+        for kind, w in (("gate", gate), ("up", up), ("down", down)):
+            named[f"{prefix}experts.{e}.{kind}_proj.weight"] = w[e]
+    header, blobs, offset = {}, [], 0
+    for name, t in named.items():
+        b = t.contiguous().numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def dump_output(a, rank, world, layer):
+    import numpy as np
+
+    x = torch.from_numpy(np.load(a.input)).float()
+    if x.dim() != 2 or x.shape[1] != a.hidden:
+        raise SystemExit(f"deepspeed_peer.py: --input {a.input}: expected [N, {a.hidden}] (--hidden), got {list(x.shape)}")
+    N = x.shape[0]
+    begin, end = N * rank // world, N * (rank + 1) // world
+    with torch.no_grad():
+        mine = layer(x[begin:end].to(peer_bench.DTYPES[a.dtype])).float()
+    largest = -(-N // world)
+    padded = torch.zeros(largest, a.hidden)
+    padded[:end - begin] = mine
+    blocks = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(blocks, padded)
+    if rank == 0:
+        out = torch.cat([blocks[p][:N * (p + 1) // world - N * p // world] for p in range(world)])
+        np.save(a.dump_output, out.numpy())
+        print(f"deepspeed_peer.py: wrote {a.dump_output} [{N}, {a.hidden}] from {world} ranks", file=sys.stderr)
+
+
 def main():
     p = peer_bench.parser(__doc__.split("\n")[0])
     p.add_argument("--capacity-factor", type=float, default=0.0,
                    help="0: dropless (drop_tokens=False, default); F > 0: DeepSpeed's capacity ceil(F·k·T/E), drops")
     p.add_argument("--check", action="store_true", help="compare with moe_peer.py's layer instead of timing")
+    p.add_argument("--save-weights", metavar="FILE", help="write the weights as safetensors (rank 0) for trustep --weights")
+    p.add_argument("--input", metavar="X.npy", help="dump mode: global batch [N, H], split over the ranks")
+    p.add_argument("--dump-output", metavar="Y.npy", help="dump mode: write the whole output [N, H] (fp32, rank 0)")
     a = p.parse_args()
+    if bool(a.input) != bool(a.dump_output):
+        p.error("--input and --dump-output go together")
     if (a.comm_dtype or a.dtype) != a.dtype:
         p.error(f"--comm-dtype {a.comm_dtype}: DeepSpeed's MoE layer exchanges rows in the hidden dtype "
                 f"(--dtype {a.dtype}); it has no separate wire dtype")
@@ -141,6 +192,12 @@ def main():
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
     torch.manual_seed(a.seed)
     layer = DeepSpeedPeer(a, rank, world)
+    if a.save_weights and rank == 0:
+        save_weights(a, a.save_weights)
+    if a.dump_output:
+        dump_output(a, rank, world, layer)
+        dist.destroy_process_group()
+        return 0
     if a.check:
         ok = check(a, rank, world, layer)
         dist.destroy_process_group()

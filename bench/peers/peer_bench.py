@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -29,6 +30,9 @@ def parser(description):
     p.add_argument("--backward", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after each T, profile one more layer step (fwd+bwd with --backward) and print the"
+                        " N ops with the most self CPU time on rank 0 to stderr")
     return p
 
 
@@ -64,6 +68,17 @@ def inputs(a, T, rank):
     """randn [T, H] seeded by (seed, rank), in --dtype."""
     g = torch.Generator().manual_seed(a.seed * 1000003 + rank)
     return torch.randn(T, a.hidden, generator=g).to(DTYPES[a.dtype])
+
+
+def profile(step, rows, rank, T):
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    dist.barrier()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    if rank == 0:
+        print(f"profile T={T} (rank 0):", file=sys.stderr)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), file=sys.stderr, flush=True)
 
 
 def run(a, rank, world, module, forward, record, extra=None):
@@ -102,6 +117,8 @@ def run(a, rank, world, module, forward, record, extra=None):
         fwd_us = statistics.median(samples[0])
         fwd_bwd_us = statistics.median(samples[1]) if a.backward else None
         layer_us = fwd_bwd_us if a.backward else fwd_us
+        if a.profile:
+            profile(steps[-1], a.profile, rank, T)
         more = extra() if extra else {}
         if rank == 0:
             print(json.dumps({**record, **more, "torch": torch.__version__, "tokens": T,
