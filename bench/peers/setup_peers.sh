@@ -3,8 +3,8 @@
 # demand (compare_layer.sh --deepspeed calls it; scripts/setup.sh and CI do not). Idempotent: a
 # second run only checks the pinned versions (about a second). It never changes torch or numpy:
 # DeepSpeed is an sdist, installed with --no-deps and --no-build-isolation against the .venv's
-# torch, no ops pre-built (its MoE layer is plain PyTorch), and its small runtime dependencies
-# are pinned here. Fails if torch's or numpy's version moved.
+# torch (and the setuptools torch depends on), no ops pre-built (its MoE layer is plain PyTorch),
+# and its small runtime dependencies are pinned here. Fails if torch's or numpy's version moved.
 #
 #   bench/peers/setup_peers.sh            # PYTHON (default <repo>/.venv/bin/python)
 set -euo pipefail
@@ -14,7 +14,7 @@ py="${PYTHON:-$here/.venv/bin/python}"
 
 DEEPSPEED="deepspeed==0.19.8"
 # deepspeed's requirements.txt minus torch and numpy (already pinned by scripts/setup.sh) and ninja
-# (only for JIT-compiled ops, which the MoE layer does not use; the system ninja-build is there anyway).
+# (only for DeepSpeed's JIT-compiled ops: the system ninja-build and g++ from scripts/setup.sh serve).
 DEPS=("einops==0.8.2" "hjson==3.1.0" "msgpack==1.2.4" "psutil==7.2.2" "py-cpuinfo==9.0.0"
       "pydantic==2.14.4" "pydantic_core==2.50.5" "annotated-types==0.8.0" "typing-inspection==0.4.5"
       "tqdm==4.70.1" "packaging")
