@@ -125,9 +125,9 @@ def check(a, rank, world, layer):
         good = bool((err <= tol).all())
         ok = ok and good
         if rank == 0:
-            print(f'{{"check": "deepspeed vs moe_peer", "tokens": {T}, "dtype": "{a.dtype}", "world": {world}, '
-                  f'"out_rel_err": {float(err[0]):.3g}, "grad_rel_err": {float(err[1]):.3g}, "tol": {tol}, '
-                  f'"ok": {"true" if good else "false"}}}', flush=True)
+            print(json.dumps({"check": "deepspeed vs moe_peer", "tokens": T, "dtype": a.dtype, "world": world,
+                              "out_rel_err": float(err[0]), "grad_rel_err": float(err[1]), "tol": tol,
+                              "ok": good}), flush=True)
     return ok
 
 
