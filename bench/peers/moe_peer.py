@@ -14,36 +14,13 @@ counts exchanged with all_to_all_single; rows exchanged with all_to_all_single a
 per local expert SwiGLU (down(silu(gate x) * up x)) on contiguous segments; reverse exchange;
 gate-weighted combine (fp32). The exchanges are autograd functions (backward = reverse exchange).
 """
-import argparse
-import json
-import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tokens", default="16,256,4096")
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--ffn", type=int, default=1024)
-    p.add_argument("--experts", type=int, default=8)
-    p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--comm-dtype", default=None, choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--backward", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    return p.parse_args()
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+import peer_bench
 
 
 class AllToAll(torch.autograd.Function):
@@ -70,17 +47,12 @@ class PeerMoE(torch.nn.Module):
         self.E, self.k, self.W, self.rank = experts, top_k, world, rank
         self.local = experts // world
         self.dtype, self.comm_dtype = dtype, comm_dtype
-        g = torch.Generator().manual_seed(seed * 7919)
-        self.router = torch.nn.Parameter((torch.rand(experts, hidden, generator=g) * 2 - 1) / hidden**0.5)
-        gate, up, down = [], [], []
-        for e in range(rank * self.local, (rank + 1) * self.local):
-            ge = torch.Generator().manual_seed(seed * 1000003 + e)
-            gate.append((torch.rand(ffn, hidden, generator=ge) * 2 - 1) / hidden**0.5)
-            up.append((torch.rand(ffn, hidden, generator=ge) * 2 - 1) / hidden**0.5)
-            down.append((torch.rand(hidden, ffn, generator=ge) * 2 - 1) / ffn**0.5)
-        self.gate = torch.nn.Parameter(torch.stack(gate).to(dtype))
-        self.up = torch.nn.Parameter(torch.stack(up).to(dtype))
-        self.down = torch.nn.Parameter(torch.stack(down).to(dtype))
+        router, gate, up, down = peer_bench.init_weights(
+            hidden, ffn, experts, range(rank * self.local, (rank + 1) * self.local), seed)
+        self.router = torch.nn.Parameter(router)
+        self.gate = torch.nn.Parameter(gate.to(dtype))
+        self.up = torch.nn.Parameter(up.to(dtype))
+        self.down = torch.nn.Parameter(down.to(dtype))
 
     def forward(self, x):
         T, H = x.shape
@@ -125,59 +97,13 @@ class PeerMoE(torch.nn.Module):
 
 
 def main():
-    a = parse_args()
-    env = os.environ
-    rank = int(env.get("OMPI_COMM_WORLD_RANK", env.get("RANK", "0")))
-    world = int(env.get("OMPI_COMM_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env.setdefault("MASTER_PORT", "29531")
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    dtype = DTYPES[a.dtype]
-    comm_dtype = DTYPES[a.comm_dtype or a.dtype]
+    a = peer_bench.parser(__doc__.split("\n")[0]).parse_args()
+    rank, world = peer_bench.init_gloo(a)
+    dtype = peer_bench.DTYPES[a.dtype]
+    comm_dtype = peer_bench.DTYPES[a.comm_dtype or a.dtype]
     torch.manual_seed(a.seed)
     layer = PeerMoE(a.hidden, a.ffn, a.experts, a.top_k, dtype, comm_dtype, rank, world, a.seed)
-
-    def timed(fn):
-        dist.barrier()
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e6
-
-    for T in [int(t) for t in a.tokens.split(",")]:
-        g = torch.Generator().manual_seed(a.seed * 1000003 + rank)
-        x = torch.randn(T, a.hidden, generator=g).to(dtype)
-
-        def fwd():
-            with torch.no_grad():
-                layer(x)
-
-        def fwd_bwd():
-            layer.zero_grad(set_to_none=True)
-            xi = x.detach().requires_grad_(True)
-            layer(xi).sum().backward()
-
-        steps = [fwd] + ([fwd_bwd] if a.backward else [])
-        samples = [[] for _ in steps]
-        for it in range(a.warmup + a.iters):
-            t = torch.zeros(len(steps), dtype=torch.float64)
-            for s in range(len(steps)):
-                k = (s + it) % len(steps)
-                t[k] = timed(steps[k])
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            if it >= a.warmup:
-                for s in range(len(steps)):
-                    samples[s].append(float(t[s]))
-        fwd_us = statistics.median(samples[0])
-        fwd_bwd_us = statistics.median(samples[1]) if a.backward else None
-        layer_us = fwd_bwd_us if a.backward else fwd_us
-        if rank == 0:
-            print(json.dumps({"peer": "torch.distributed-gloo", "torch": torch.__version__, "tokens": T,
-                              "hidden": a.hidden, "ffn": a.ffn, "experts": a.experts, "top_k": a.top_k,
-                              "dtype": a.dtype, "comm_dtype": a.comm_dtype or a.dtype, "world": world,
-                              "fwd_us": fwd_us, "fwd_bwd_us": fwd_bwd_us,
-                              "tokens_per_s": T / (layer_us * 1e-6)}), flush=True)
+    peer_bench.run(a, rank, world, layer, layer, {"peer": "torch.distributed-gloo"})
     dist.destroy_process_group()
 
 
