@@ -52,6 +52,9 @@ def scaling_curves(rows, out):
         if any(r.get("peer_us") for r in s):
             t_ax.plot([r["world"] for r in s if r.get("peer_us")], [r["peer_us"] / 1e3 for r in s if r.get("peer_us")],
                       "^:", label="PyTorch peer (gloo)")
+        if any(r.get("deepspeed_us") for r in s):
+            t_ax.plot([r["world"] for r in s if r.get("deepspeed_us")],
+                      [r["deepspeed_us"] / 1e3 for r in s if r.get("deepspeed_us")], "v-.", label="DeepSpeed-MoE (gloo)")
         per_rank = s[0]["tokens_per_rank"] if scaling == "weak" else None
         what = f"{per_rank} tokens per rank" if per_rank else f"{s[0]['global_tokens']} tokens in all"
         t_ax.set_title(f"{bench} {scaling} scaling ({what})")

@@ -8,7 +8,8 @@ train-{weak,strong}-npN.json, qwen3-npN.json and select.json (whichever exist). 
 
   weak scaling efficiency   = time(N_min) / time(N)              (the same work per rank)
   strong scaling efficiency = time(N_min) * N_min / (time(N) * N) (the same global work)
-  peer_ratio                = peer time / trustep time (> 1: trustep faster)
+  peer_ratio                = peer time / trustep time (> 1: trustep faster); deepspeed_ratio the same
+                              for DeepSpeed-MoE (deepspeed-{weak,strong}-npN.jsonl, scaling.sh --deepspeed)
 
 Every CSV row has the same columns; a column that does not apply to a benchmark is empty.
 """
@@ -22,7 +23,7 @@ import sys
 
 COLUMNS = ["benchmark", "scaling", "world", "skew", "bytes_per_peer", "tokens_per_rank", "global_tokens",
            "experts", "top_k", "mode", "dtype", "time_us", "reference", "reference_us", "ratio", "ratio_name",
-           "tokens_per_s", "efficiency", "peer_us", "peer_ratio", "a2a_share", "gemm_bound_ratio",
+           "tokens_per_s", "efficiency", "peer_us", "peer_ratio", "deepspeed_us", "deepspeed_ratio", "a2a_share", "gemm_bound_ratio",
            "expert_weight_mib", "peak_rss_mib", "init_peak_rss_mib", "phases_us"]
 
 
@@ -76,11 +77,15 @@ def layer_rows(d):
             doc = load_json(path)
             peer_path = os.path.join(d, f"peer-{scaling}-np{doc['world']}.jsonl")
             peers = load_peer(peer_path) if os.path.exists(peer_path) else []
+            ds_path = os.path.join(d, f"deepspeed-{scaling}-np{doc['world']}.jsonl")
+            ds = load_peer(ds_path) if os.path.exists(ds_path) else []
             for r in doc["records"]:
                 t = r["fwd_bwd_us"] or r["fwd_us"]
                 g = r["gemm_fwd_bwd_us"] or r["gemm_fwd_us"]
                 p = next((p for p in peers if p["tokens"] == r["tokens"] and p["dtype"] == r["dtype"]), None)
                 peer_us = (p.get("fwd_bwd_us") or p.get("fwd_us")) if p else None
+                q = next((q for q in ds if q["tokens"] == r["tokens"] and q["dtype"] == r["dtype"]), None)
+                ds_us = (q.get("fwd_bwd_us") or q.get("fwd_us")) if q else None
                 series.append({"benchmark": "layer", "scaling": scaling, "world": doc["world"],
                                "tokens_per_rank": r["tokens"], "global_tokens": r["tokens"] * doc["world"],
                                "experts": r["experts"], "top_k": r["top_k"], "dtype": r["dtype"], "time_us": t,
@@ -88,6 +93,7 @@ def layer_rows(d):
                                "ratio": r["gemm_bound_ratio"], "ratio_name": "gemm_bound_ratio",
                                "tokens_per_s": r["tokens"] * doc["world"] / (t * 1e-6) if t else None,
                                "peer_us": peer_us, "peer_ratio": peer_us / t if peer_us and t else None,
+                               "deepspeed_us": ds_us, "deepspeed_ratio": ds_us / t if ds_us and t else None,
                                "a2a_share": r["a2a_share"], "gemm_bound_ratio": r["gemm_bound_ratio"],
                                "expert_weight_mib": r.get("expert_weight_mib"), "peak_rss_mib": r.get("peak_rss_mib"),
                                "phases_us": r.get("phase_us"), "raw_a2a_us": r["raw_a2a_us"],
@@ -179,12 +185,15 @@ def tables(rows):
             continue
         out += [f"### {title}", "",
                 "| scaling | world | tokens/rank | time ms | reference | ref ms | ratio | tokens/s (all ranks) | "
-                "efficiency | peer ms | peer/trustep |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+                "efficiency | peer ms | peer/trustep | DeepSpeed ms | DeepSpeed/trustep |",
+                "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sel:
             out.append(f"| {r['scaling']} | {r['world']} | {r['tokens_per_rank']} | {fmt(r['time_us'] / 1e3)} | "
                        f"{r['reference']} | {fmt(r['reference_us'] / 1e3)} | {r['ratio_name']} {fmt(r['ratio'], 3)} | "
                        f"{fmt(r['tokens_per_s'], 0)} | {fmt(r.get('efficiency'))} | "
-                       f"{fmt(r['peer_us'] / 1e3 if r.get('peer_us') else None)} | {fmt(r.get('peer_ratio'))} |")
+                       f"{fmt(r['peer_us'] / 1e3 if r.get('peer_us') else None)} | {fmt(r.get('peer_ratio'))} | "
+                       f"{fmt(r['deepspeed_us'] / 1e3 if r.get('deepspeed_us') else None)} | "
+                       f"{fmt(r.get('deepspeed_ratio'))} |")
         out.append("")
     qwen = [r for r in rows if r["benchmark"] == "qwen3-layer"]
     if qwen:

@@ -2,14 +2,16 @@
 # Scaling benchmarks over rank counts, weak and strong, with their in-run references, then one
 # CSV + JSON and the plots (docs/benchmarks.md "Scaling").
 #
-#   launch/scaling.sh [--ranks 1,2,4] [--out DIR] [--quick] [--no-peer] [--no-select] [--no-qwen]
+#   launch/scaling.sh [--ranks 1,2,4] [--out DIR] [--quick] [--no-peer] [--deepspeed] [--no-select] [--no-qwen]
 #
 # Per rank count N (each run is `launch/local.sh -n N trustep bench ...`):
 #   comm    bench comm: bf16 rows of 1024, 4 KiB .. 4 MiB per peer, uniform and hot skew (N >= 2)
 #   layer   bench layer --backward, H 512, F 1024, E = max(8, N), k 2, fp32:
 #             weak:   --tokens LAYER_WEAK per rank (default 1024)
 #             strong: --tokens LAYER_STRONG / N per rank (global 2048)
-#           and the PyTorch peer (bench/peers/moe_peer.py) at the same points unless --no-peer
+#           and the PyTorch peer (bench/peers/moe_peer.py) at the same points unless --no-peer;
+#           --deepspeed adds DeepSpeed-MoE (bench/peers/deepspeed_peer.py, installed on demand by
+#           bench/peers/setup_peers.sh)
 #   train   bench train --config configs/tiny.ini (2 layers, H 128, 8 experts):
 #             weak:   --batch TRAIN_WEAK per rank (default 8 sequences of 64 tokens)
 #             strong: --batch TRAIN_STRONG / N (global 16)
@@ -27,13 +29,14 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ranks="1,2,4"
 out="$root/runs/scaling"
-quick=0 peer=1 select=1 qwen=1
+quick=0 peer=1 deepspeed=0 select=1 qwen=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --ranks) ranks="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --no-peer) peer=0; shift ;;
+    --deepspeed) deepspeed=1; shift ;;
     --no-select) select=0; shift ;;
     --no-qwen) qwen=0; shift ;;
     -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -71,16 +74,17 @@ run() {  # run NAME -- command...: logs the command and its output, fails the sc
   "$@" 2>&1 | tee -a "$log"
 }
 local_sh() { "$root/launch/local.sh" "$@"; }
-peer_run() {  # peer_run N JSONL args...: the PyTorch peer under the same mpirun, same shapes
-  local n="$1" jsonl="$2"; shift 2
+peer_run() {  # peer_run SCRIPT N JSONL args...: a Python peer under the same mpirun, same shapes
+  local script="$1" n="$2" jsonl="$3"; shift 3
   local oversub=()
   (( n > $(nproc) )) && oversub=(--oversubscribe)
   MASTER_PORT="${MASTER_PORT:-29531}" mpirun -np "$n" "${oversub[@]}" --bind-to none -x MASTER_PORT \
     -x OMP_NUM_THREADS="$(( $(nproc) / n > 0 ? $(nproc) / n : 1 ))" \
-    "$python" "$root/bench/peers/moe_peer.py" "$@" > "$jsonl"
+    "$python" "$root/bench/peers/$script" "$@" > "$jsonl"
   cat "$jsonl"
 }
 export MASTER_PORT="${MASTER_PORT:-29531}"
+if (( deepspeed )); then run "setup peers" -- env PYTHON="$python" "$root/bench/peers/setup_peers.sh"; fi
 
 layer_args=(--hidden 512 --ffn 1024 --experts "$experts" --top-k 2 --dtype fp32 --backward --iters "$layer_iters" --warmup 1)
 for n in "${counts[@]}"; do
@@ -93,7 +97,12 @@ for n in "${counts[@]}"; do
     run "layer $mode np$n (T $t per rank)" -- local_sh -n "$n" bench layer "${layer_args[@]}" --tokens "$t" \
       --json "$out/layer-$mode-np$n.json"
     if (( peer )); then
-      run "peer layer $mode np$n" -- peer_run "$n" "$out/peer-$mode-np$n.jsonl" "${layer_args[@]}" --tokens "$t"
+      run "peer layer $mode np$n" -- peer_run moe_peer.py "$n" "$out/peer-$mode-np$n.jsonl" "${layer_args[@]}" \
+        --tokens "$t"
+    fi
+    if (( deepspeed )); then
+      run "deepspeed layer $mode np$n" -- peer_run deepspeed_peer.py "$n" "$out/deepspeed-$mode-np$n.jsonl" \
+        "${layer_args[@]}" --tokens "$t"
     fi
   done
   for mode in weak strong; do
