@@ -60,8 +60,10 @@ def scaling_curves(rows, out):
         t_ax.set_title(f"{bench} {scaling} scaling ({what})")
         t_ax.set_ylabel("ms per step (slowest rank, median)")
         e_ax.plot(w, [r.get("efficiency") for r in s], "o-", label="efficiency")
+        e_ax.plot(w, [r.get("throughput_ratio") for r in s], "s--", label="tokens/s vs smallest N (same cores)")
         e_ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
-        e_ax.set_ylim(0, max(1.2, max((r.get("efficiency") or 0) for r in s) * 1.1))
+        top = max(max(r.get("efficiency") or 0, r.get("throughput_ratio") or 0) for r in s)
+        e_ax.set_ylim(0, max(1.2, top * 1.1))
         e_ax.set_ylabel("scaling efficiency" + (" t1/tN" if scaling == "weak" else " t1/(N tN)"))
         e_ax.set_xlabel("ranks")
         for ax in (t_ax, e_ax):

@@ -8,6 +8,8 @@ train-{weak,strong}-npN.json, qwen3-npN.json and select.json (whichever exist). 
 
   weak scaling efficiency   = time(N_min) / time(N)              (the same work per rank)
   strong scaling efficiency = time(N_min) * N_min / (time(N) * N) (the same global work)
+  throughput_ratio          = tokens/s over all ranks at N / at N_min (the machine does not grow with N
+                              here: on 2 cores, 1.0 means expert parallelism costs nothing)
   peer_ratio                = peer time / trustep time (> 1: trustep faster); deepspeed_ratio the same
                               for DeepSpeed-MoE (deepspeed-{weak,strong}-npN.jsonl, scaling.sh --deepspeed)
 
@@ -23,7 +25,7 @@ import sys
 
 COLUMNS = ["benchmark", "scaling", "world", "skew", "bytes_per_peer", "tokens_per_rank", "global_tokens",
            "experts", "top_k", "mode", "dtype", "time_us", "reference", "reference_us", "ratio", "ratio_name",
-           "tokens_per_s", "efficiency", "peer_us", "peer_ratio", "deepspeed_us", "deepspeed_ratio", "a2a_share", "gemm_bound_ratio",
+           "tokens_per_s", "efficiency", "throughput_ratio", "peer_us", "peer_ratio", "deepspeed_us", "deepspeed_ratio", "a2a_share", "gemm_bound_ratio",
            "expert_weight_mib", "peak_rss_mib", "init_peak_rss_mib", "phases_us"]
 
 
@@ -51,6 +53,10 @@ def efficiency(rows, scaling):
     for r in rows:
         if not r["time_us"]:
             continue
+        # The same machine whatever N: tokens/s over all ranks relative to the smallest N. On a
+        # fixed set of cores this, not the classical efficiency, says what expert parallelism costs.
+        if r.get("tokens_per_s") and base.get("tokens_per_s"):
+            r["throughput_ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
         if scaling == "weak":
             r["efficiency"] = base["time_us"] / r["time_us"]
         else:
@@ -185,12 +191,12 @@ def tables(rows):
             continue
         out += [f"### {title}", "",
                 "| scaling | world | tokens/rank | time ms | reference | ref ms | ratio | tokens/s (all ranks) | "
-                "efficiency | peer ms | peer/trustep | DeepSpeed ms | DeepSpeed/trustep |",
-                "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "efficiency | throughput vs N_min | peer ms | peer/trustep | DeepSpeed ms | DeepSpeed/trustep |",
+                "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sel:
             out.append(f"| {r['scaling']} | {r['world']} | {r['tokens_per_rank']} | {fmt(r['time_us'] / 1e3)} | "
                        f"{r['reference']} | {fmt(r['reference_us'] / 1e3)} | {r['ratio_name']} {fmt(r['ratio'], 3)} | "
-                       f"{fmt(r['tokens_per_s'], 0)} | {fmt(r.get('efficiency'))} | "
+                       f"{fmt(r['tokens_per_s'], 0)} | {fmt(r.get('efficiency'))} | {fmt(r.get('throughput_ratio'))} | "
                        f"{fmt(r['peer_us'] / 1e3 if r.get('peer_us') else None)} | {fmt(r.get('peer_ratio'))} | "
                        f"{fmt(r['deepspeed_us'] / 1e3 if r.get('deepspeed_us') else None)} | "
                        f"{fmt(r.get('deepspeed_ratio'))} |")
