@@ -106,7 +106,7 @@ int run_command(const std::string& name, Command& command, const std::vector<std
     if (comm_options.backend != comm::Backend::kSelf) mpi.emplace(&argc, &argv);
     log::set_rank(comm::mpi_world_rank());
     communicator = comm::make_communicator(comm_options);
-    communicator->check_agreement(parsed.fingerprint, "their command line and config file");
+    communicator->check_same_settings(parsed.settings, "their command line and config file");
     const int code = command.run(*communicator);
     communicator.reset();
     return code;

@@ -122,6 +122,7 @@ train::TrainConfig validate(const TrainArgs& a, bool needs_out) {
   TRUSTEP_CHECK_AS(OptionError, a.poison_from >= 0, "invalid value '{}' for option '--poison-from': must be >= 0",
                    a.poison_from);
   c.poison_from = a.poison_from;
+  c.poison_kind = model::parse_poison_kind(a.poison_kind, "--poison-kind");
 
   if (needs_out) {
     TRUSTEP_CHECK_AS(OptionError, !a.out.empty(), "option '--out' needs a directory");

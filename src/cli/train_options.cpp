@@ -50,11 +50,13 @@ void add_train_options(po::options_description& desc, TrainArgs& a) {
       ("z-coef", po::value(&a.z_coef)->default_value(a.z_coef), "router z-loss weight")
       ("seed", po::value(&a.seed)->default_value(a.seed), "initialisation, data, routing noise: one seed")
       ("data", po::value(&a.data), "train on this plain-text file (default: the built-in synthetic corpus)")
-      ("check-finite", po::bool_switch(&a.check_finite), "check router inputs and logits for NaN/Inf");
+      ("check-finite", po::bool_switch(&a.check_finite), "stop every rank at the first layer whose router logits or LM logits hold NaN/Inf");
   po::options_description faults("fault injection");
   faults.add_options()
       ("poison-expert", po::value(&a.poison_expert), "replace these experts' outputs with noise (list: 3,5)")
-      ("poison-from", po::value(&a.poison_from)->default_value(a.poison_from), "first poisoned step");
+      ("poison-from", po::value(&a.poison_from)->default_value(a.poison_from), "first poisoned step")
+      ("poison-kind", po::value(&a.poison_kind)->default_value(a.poison_kind),
+       "noise (N(0,1) scaled like the real output) or nan (a NaN fault, for --check-finite)");
   po::options_description output("output and checkpoints");
   output.add_options()
       ("out", po::value(&a.out)->default_value(a.out), "run directory: metrics.jsonl, plots, checkpoints/")

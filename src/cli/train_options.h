@@ -26,7 +26,7 @@ struct TrainArgs {
   uint64_t seed = 0;
   std::string data;
   // faults
-  std::string poison_expert;
+  std::string poison_expert, poison_kind = "noise";
   int64_t poison_from = 0;
   // output
   std::string out = "runs/train";

@@ -3,12 +3,17 @@
 #include "comm/wire_header.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/hash.h"
 
 #include <ATen/ops/empty.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <numeric>
+#include <optional>
+#include <set>
 
 namespace trustep::comm {
 
@@ -159,6 +164,70 @@ void Communicator::check_agreement(uint64_t value, const std::string& what) {
                                   "every rank]",
                                   what, static_cast<uint64_t>(all[0]), r, static_cast<uint64_t>(all[r])),
                       TRUSTEP_ORIGIN, /*collective=*/true);
+}
+
+namespace {
+
+std::map<std::string, std::string> parse_settings(const std::string& text) {
+  std::map<std::string, std::string> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    const size_t eq = line.find('=');
+    if (!line.empty()) out[line.substr(0, eq)] = eq == std::string::npos ? "" : line.substr(eq + 1);
+    start = end + 1;
+  }
+  return out;
+}
+
+// "'fp32' on ranks 0, 2, 'bf16' on rank 1": each distinct value once, in order of first rank.
+std::string who_holds_what(const std::vector<std::optional<std::string>>& values) {
+  std::vector<std::pair<std::optional<std::string>, std::vector<int>>> groups;
+  for (int r = 0; r < static_cast<int>(values.size()); ++r) {
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == values[r]; });
+    if (it == groups.end()) groups.push_back({values[r], {r}});
+    else it->second.push_back(r);
+  }
+  std::string out;
+  for (const auto& [value, ranks] : groups) {
+    if (!out.empty()) out += ", ";
+    out += value ? fmt::format("'{}'", *value) : std::string("not set");
+    out += fmt::format(" on rank{} {}", ranks.size() > 1 ? "s" : "", fmt::join(ranks, ","));
+  }
+  return out;
+}
+
+}  // namespace
+
+void Communicator::check_same_settings(const std::string& settings, const std::string& what) {
+  const uint64_t mine = fnv1a(settings.data(), settings.size());
+  const auto hashes = all_gather_i64({static_cast<int64_t>(mine)}, what + ".digest");
+  if (std::all_of(hashes.begin(), hashes.end(), [&](int64_t h) { return h == hashes[0]; })) return;
+  // They differ (every rank knows it): find out where, from everyone's text.
+  std::vector<std::map<std::string, std::string>> all;
+  for (const auto& text : all_gather_text(settings, what + ".text")) all.push_back(parse_settings(text));
+  std::set<std::string> keys;
+  for (const auto& m : all)
+    for (const auto& [key, value] : m) keys.insert(key);
+  std::vector<std::string> differences;
+  for (const auto& key : keys) {
+    std::vector<std::optional<std::string>> values;
+    for (const auto& m : all) {
+      auto it = m.find(key);
+      values.push_back(it == m.end() ? std::nullopt : std::optional<std::string>(it->second));
+    }
+    if (std::any_of(values.begin(), values.end(), [&](const auto& v) { return v != values[0]; }))
+      differences.push_back(fmt::format("'{}' is {}", key, who_holds_what(values)));
+  }
+  constexpr size_t kShown = 4;
+  std::string listed = fmt::format("{}", fmt::join(differences.begin(),
+                                                     differences.begin() + std::min(kShown, differences.size()), "; "));
+  if (differences.size() > kShown) listed += fmt::format("; and {} more", differences.size() - kShown);
+  if (differences.empty()) listed = "the same keys and values in a different order";
+  throw CommError(fmt::format("ranks disagree on {}: {} [raised on every rank]", what, listed), TRUSTEP_ORIGIN,
+                  /*collective=*/true);
 }
 
 std::vector<std::string> Communicator::all_gather_text(const std::string& text, const std::string& tag) {

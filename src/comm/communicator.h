@@ -84,6 +84,10 @@ class Communicator {
 
   // Throws the same CommError on every rank unless all ranks pass the same value.
   void check_agreement(uint64_t value, const std::string& what);
+  // Collective. `settings` holds "key=value" lines. Ranks that pass different lines all throw
+  // the same CommError, naming each key that differs and which ranks hold which value
+  // ("'--dtype' is 'fp32' on rank 0, 'bf16' on rank 1"). One 8-byte all-gather when they agree.
+  void check_same_settings(const std::string& settings, const std::string& what);
 
   // Runs `work` (no collectives inside) on every rank, then lets the ranks compare notes: if it
   // threw anywhere, every rank throws the same collective Error naming `what`, the failing

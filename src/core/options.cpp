@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <sstream>
 
 namespace trustep {
@@ -90,9 +91,22 @@ ParsedCommand parse_options(const std::string& command, const po::options_descri
     po::command_line_parser parser(args);
     parser.options(desc);
     if (positional) parser.positional(*positional);
-    po::store(parser.run(), vm);
+    const po::parsed_options from_command_line = parser.run();
+    po::store(from_command_line, vm);
     parsed.help = vm.count("help") > 0;
     if (parsed.help) return parsed;
+    // The settings as given, the command line first (it wins, as in po::store); defaults are
+    // the same binary's everywhere and --config's path may differ where its contents agree.
+    std::map<std::string, std::string> given;
+    auto note = [&](const po::parsed_options& options) {
+      for (const auto& o : options.options) {
+        if (o.unregistered || o.string_key == "config") continue;
+        std::string value;
+        for (const auto& v : o.value) value += (value.empty() ? "" : " ") + v;
+        given.emplace("--" + o.string_key, value);
+      }
+    };
+    note(from_command_line);
 
     std::string config_bytes;
     if (vm.count("config")) {
@@ -101,13 +115,14 @@ ParsedCommand parse_options(const std::string& command, const po::options_descri
       if (!in) throw OptionError(fmt::format("{}: cannot read --config file '{}'", command, path), TRUSTEP_ORIGIN);
       config_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
       std::istringstream text(config_for_command(config_bytes, command, sections, path, read_sections));
-      po::store(po::parse_config_file(text, desc, /*allow_unregistered=*/false), vm);
+      const po::parsed_options from_config = po::parse_config_file(text, desc, /*allow_unregistered=*/false);
+      po::store(from_config, vm);
+      note(from_config);
     }
     po::notify(vm);
 
-    uint64_t h = fnv1a(command.data(), command.size());
-    for (const auto& a : args) h = fnv1a(a.data(), a.size() + 1, h);
-    parsed.fingerprint = fnv1a(config_bytes.data(), config_bytes.size(), h);
+    parsed.settings = "command=" + command + "\n";
+    for (const auto& [key, value] : given) parsed.settings += key + "=" + value + "\n";
   } catch (po::error& e) {
     throw OptionError(fmt::format("{}: {}", command, message_of(e)), TRUSTEP_ORIGIN);
   }

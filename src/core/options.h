@@ -3,8 +3,6 @@
 // becomes one OptionError naming the option (exit code 2 in the CLI).
 #pragma once
 
-#include "core/hash.h"
-
 #include <boost/program_options.hpp>
 
 #include <cstdint>
@@ -27,9 +25,10 @@ void add_common_options(po::options_description& desc, CommonOptions& common);
 
 struct ParsedCommand {
   bool help = false;
-  // FNV-1a over the arguments and the config file's bytes: equal on ranks that were given
-  // the same options, so ranks can check they agree before their first collective.
-  uint64_t fingerprint = 0;
+  // "key=value" lines, sorted: the command, then every option given on the command line or
+  // in the config file's applicable sections (the command line wins), e.g. "--dtype=bf16".
+  // Ranks compare them before their first collective (Communicator::check_same_settings).
+  std::string settings;
 };
 
 // Parses `args` (the words after the subcommand) against `desc`, which must include the

@@ -1,5 +1,6 @@
 #include "model/moe_layer.h"
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "core/trace.h"
@@ -7,6 +8,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/randn.h>
 #include <c10/core/GradMode.h>
 #include <fmt/ranges.h>
@@ -56,10 +58,30 @@ uint64_t mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// What every rank's layer must agree on, as "key=value" lines (Communicator::check_same_settings).
+std::string settings_of(const MoELayerConfig& c) {
+  const auto& s = c.selector;
+  return fmt::format(
+      "hidden={}\nffn={}\nexperts={}\ntop_k={}\ndtype={}\ncomm_dtype={}\nrouter_dtype={}\nmode={}\nalpha={}\n"
+      "epsilon={}\noverflow={}\ncapacity_factor={}\nsubstitute_min_trust={}\nseed={}\ncheck_finite={}\n",
+      c.hidden, c.ffn, c.experts, c.top_k, dtype_name(c.dtype), dtype_name(c.comm_dtype), dtype_name(c.router_dtype),
+      routing::mode_name(s.mode), s.alpha, s.epsilon, routing::overflow_name(s.overflow), s.capacity_factor,
+      s.substitute_min_trust, c.seed, c.check_finite);
+}
+
+// Collective, before anything that could fail on some ranks only: a layer whose ranks were
+// configured differently would otherwise exchange rows of different widths or route tokens to
+// experts that do not exist elsewhere.
+const MoELayerConfig& agreed(const MoELayerConfig& config, comm::Communicator& comm) {
+  comm.check_same_settings(settings_of(config), fmt::format("the settings of MoE layer {}", config.layer));
+  return config;
+}
+
 }  // namespace
 
 MoELayerImpl::MoELayerImpl(const MoELayerConfig& config, comm::Communicator& comm)
-    : config_(config),
+    : config_(agreed(config, comm)),
+      comm_(&comm),
       selector_(selector_config(config), config.device),
       dispatcher_(comm, dispatch::ExpertLayout::make(config.experts, comm.size(), comm.rank()), config.comm_dtype,
                   config.dtype) {
@@ -90,7 +112,12 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x, const routing::SelectorInpu
   routing::RouterOutput r;
   {
     trace::Scope span("moe.route", config_.layer);
-    r = router->forward(tokens);
+    // --check-finite: the router's local check, turned into one error on every rank (a NaN on
+    // one rank would otherwise end the job from there, leaving peers to be killed unexplained).
+    if (config_.check_finite)
+      comm_->fail_together([&] { r = router->forward(tokens); }, fmt::format("MoE layer {} (--check-finite)", config_.layer));
+    else
+      r = router->forward(tokens);
     routing::SelectorInputs in = trust;
     in.probs = r.probs;
     out.selection = selector_.select(in);
@@ -108,7 +135,16 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x, const routing::SelectorInpu
   return out;
 }
 
-void MoELayerImpl::set_poison(std::vector<int64_t> global_experts, uint64_t seed) {
+PoisonKind parse_poison_kind(const std::string& name, const std::string& option) {
+  if (name == "noise") return PoisonKind::kNoise;
+  if (name == "nan") return PoisonKind::kNaN;
+  throw OptionError(fmt::format("invalid value '{}' for option '{}': expected noise or nan", name, option),
+                    TRUSTEP_ORIGIN);
+}
+
+const char* poison_kind_name(PoisonKind kind) { return kind == PoisonKind::kNoise ? "noise" : "nan"; }
+
+void MoELayerImpl::set_poison(std::vector<int64_t> global_experts, uint64_t seed, PoisonKind kind) {
   for (int64_t e : global_experts)
     TRUSTEP_CHECK_AS(OptionError, e >= 0 && e < config_.experts,
                      "invalid value '{}' for option '--poison-experts': experts are 0..{} (option '--experts' = {})",
@@ -117,6 +153,7 @@ void MoELayerImpl::set_poison(std::vector<int64_t> global_experts, uint64_t seed
   global_experts.erase(std::unique(global_experts.begin(), global_experts.end()), global_experts.end());
   poison_ = std::move(global_experts);
   poison_seed_ = seed;
+  poison_kind_ = kind;
   poison_calls_ = 0;
 }
 
@@ -144,7 +181,8 @@ at::Tensor MoELayerImpl::apply_poison(const at::Tensor& y, const std::vector<int
       // Same scale as the real output; a detached constant, so no gradient reaches the expert.
       const double scale = seg.numel() > 1 ? seg.detach().to(at::kFloat).std().item<double>() : 0.0;
       at::Tensor noise = at::randn({n, H}, gen, at::TensorOptions().dtype(at::kFloat));  // [n, H]
-      seg = (noise * (std::isfinite(scale) ? scale : 0.0)).to(y.options());
+      seg = poison_kind_ == PoisonKind::kNaN ? at::full({n, H}, std::nan(""), y.options())
+                                             : (noise * (std::isfinite(scale) ? scale : 0.0)).to(y.options());
       any = true;
     }
     parts.push_back(seg);

@@ -15,9 +15,16 @@
 #include <torch/nn/pimpl.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace trustep::model {
+
+// What a poisoned expert returns: noise of the real output's scale (a bad expert), or NaN (a
+// numerical fault, what --check-finite is for).
+enum class PoisonKind { kNoise, kNaN };
+PoisonKind parse_poison_kind(const std::string& name, const std::string& option);
+const char* poison_kind_name(PoisonKind kind);
 
 struct MoELayerConfig {
   int64_t hidden = 0;                                    // H
@@ -30,7 +37,7 @@ struct MoELayerConfig {
   routing::SelectorConfig selector;                      // mode, alpha, capacity...; experts/top_k set from above
   int layer = 0;
   uint64_t seed = 0;  // router and expert initialisation: identical whatever the world size
-  bool check_finite = false;
+  bool check_finite = false;  // NaN/Inf router logits → the same error on every rank (syncs)
   // Where the selector draws its exploration noise: the tokens' device. The modules are built
   // on the CPU; move them with ->to(device).
   c10::Device device = c10::Device(c10::kCPU);
@@ -62,7 +69,7 @@ class MoELayerImpl : public torch::nn::Module {
   // (seed, layer, call counter); set_poison resets the counter to 0 and each forward adds 1, so
   // calling set_poison(experts, seed ^ step) every step reproduces the noise after a resume.
   // Experts outside [0, E) → OptionError naming '--poison-experts'.
-  void set_poison(std::vector<int64_t> global_experts, uint64_t seed);
+  void set_poison(std::vector<int64_t> global_experts, uint64_t seed, PoisonKind kind = PoisonKind::kNoise);
   void clear_poison();
   // Restarts the selector's exploration RNG (trust-first ε) at `seed` (see Selector::reseed).
   void reseed_selector(uint64_t seed) { selector_.reseed(seed); }
@@ -75,10 +82,12 @@ class MoELayerImpl : public torch::nn::Module {
 
  private:
   MoELayerConfig config_;
+  comm::Communicator* comm_;
   routing::Selector selector_;
   dispatch::Dispatcher dispatcher_;
   std::vector<int64_t> poison_;  // sorted global expert ids (empty: off)
   uint64_t poison_seed_ = 0;
+  PoisonKind poison_kind_ = PoisonKind::kNoise;
   uint64_t poison_calls_ = 0;
 
   at::Tensor apply_poison(const at::Tensor& y, const std::vector<int64_t>& local_counts);

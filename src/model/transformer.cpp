@@ -387,10 +387,14 @@ LMOutput TransformerLMImpl::forward(const at::Tensor& tokens, const RoutingHook&
   out.balance_loss = out.balance_loss / static_cast<double>(config_.layers);
   if (cache != nullptr) cache->length = offset + S;
   out.logits = lm_head->forward(norm->forward(x)).to(at::kFloat);  // [B, S, V]
-  if (config_.check_finite && !at::isfinite(out.logits).all().item<bool>())
-    throw Error(fmt::format("transformer: logits contain NaN or Inf (rank {}): check the inputs and the learning rate",
-                            comm_.rank()),
-                TRUSTEP_ORIGIN);
+  if (config_.check_finite)
+    comm_.fail_together(
+        [&] {
+          TRUSTEP_CHECK(at::isfinite(out.logits).all().item<bool>(),
+                        "transformer: LM logits contain NaN or Inf (rank {}): check the inputs and the learning rate",
+                        comm_.rank());
+        },
+        "--check-finite");
   return out;
 }
 

@@ -46,9 +46,10 @@ RouterOutput RouterImpl::forward(const at::Tensor& hidden) {
   static const Contract kLogits{boundary::kRouterLogits, c10::ScalarType::Float, std::nullopt, 2, true};
   logits = ContractChecker(ContractPolicy::kStrict, config_.rank).enforce(kLogits, logits, config_.layer);
   if (config_.check_finite && logits.numel() > 0 && !at::isfinite(logits).all().item<bool>())
-    throw Error(fmt::format("router logits contain NaN or Inf (layer {}, rank {}): check the inputs and the "
-                            "learning rate",
-                            config_.layer, config_.rank),
+    throw Error(fmt::format("router logits contain NaN or Inf (layer {}, rank {}): {} of {} tokens; the layer "
+                            "input or the router weights are not finite (check the inputs and the learning rate)",
+                            config_.layer, config_.rank,
+                            at::isfinite(logits).all(1).logical_not().sum().item<int64_t>(), logits.size(0)),
                 TRUSTEP_ORIGIN);
   RouterOutput out;
   out.probs = logits.softmax(-1);

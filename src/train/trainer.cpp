@@ -194,7 +194,7 @@ class Trainer::Impl {
       auto& moe = model_->moe(l);
       moe->reseed_selector(config_.seed * 7919 + static_cast<uint64_t>(step * L + l));
       if (poisoned)
-        moe->set_poison(config_.poison_experts, config_.seed * 1000003 + static_cast<uint64_t>(step));
+        moe->set_poison(config_.poison_experts, config_.seed * 1000003 + static_cast<uint64_t>(step), config_.poison_kind);
       else
         moe->clear_poison();
     }
@@ -290,6 +290,14 @@ class Trainer::Impl {
     m.balance_loss = report[2].item<double>() / W;
     m.z_loss = report[3].item<double>() / W;
     m.loss = m.lm_loss + config_.balance_coef * m.balance_loss + config_.z_coef * m.z_loss;
+    // The loss is reduced, hence the same on every rank: all stop here together, before a NaN
+    // reaches the trust table or a checkpoint.
+    if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm))
+      throw Error(fmt::format("train: step {}: the loss is {} and the gradient norm {} (not finite); the weights of "
+                              "this step were not saved (the last checkpoint is intact); rerun with --check-finite "
+                              "to stop at the first layer that goes bad [on every rank]",
+                              step + 1, m.loss, m.grad_norm),
+                  TRUSTEP_ORIGIN, /*collective=*/true);
     const at::Tensor per_layer = report.slice(0, 4).view({L, E + 6});
     m.load = per_layer.slice(1, 0, E);
     m.counters = per_layer.slice(1, E, E + 6);
@@ -355,7 +363,8 @@ class Trainer::Impl {
                   {"context_names", context_names_},
                   {"trust_baseline", trust_baseline_name(config_.trust_baseline)},
                   {"poison_experts", config_.poison_experts},
-                  {"poison_from", config_.poison_from}};
+                  {"poison_from", config_.poison_from},
+                  {"poison_kind", model::poison_kind_name(config_.poison_kind)}};
     j["step"] = step;
     j["loss"] = loss;
     j["world_size"] = comm_.size();

@@ -54,6 +54,7 @@ struct TrainConfig {
   // fault injection
   std::vector<int64_t> poison_experts;
   int64_t poison_from = 0;
+  model::PoisonKind poison_kind = model::PoisonKind::kNoise;
   // output
   std::string out;               // run directory: metrics.jsonl, plots, checkpoints/
   int64_t checkpoint_every = 0;  // 0: only at the end

@@ -17,22 +17,11 @@ namespace {
 
 using testing::make_mpi_comm;
 using testing::same_on_every_rank;
+using testing::message_of;
 
 const Contract kFp32Send{boundary::kDispatchSend, c10::ScalarType::Float, c10::DeviceType::CPU, 2, true};
 
 std::vector<int64_t> one_row_each(int world) { return std::vector<int64_t>(world, 1); }
-
-// Runs `f`, expecting error type E on this rank; returns its message ("" when none was thrown).
-template <typename E, typename F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    EXPECT_TRUE(e.collective()) << e.what();
-    return e.what();
-  }
-  return "";
-}
 
 TEST(ContractAgreement, OneRankSendingTheWrongDtypeFailsEveryRankWithTheSameMessage) {
   auto comm = make_mpi_comm();

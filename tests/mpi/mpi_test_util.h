@@ -4,6 +4,7 @@
 #include "comm/communicator.h"
 #include "core/hash.h"
 
+#include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <memory>
@@ -32,6 +33,19 @@ inline bool same_on_every_rank(const std::string& text) {
   for (uint64_t h : all)
     if (h != all[0]) return false;
   return true;
+}
+
+// Runs `f`, expecting a collective error of type E on this rank; returns its message ("" when
+// none was thrown).
+template <typename E, typename F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    EXPECT_TRUE(e.collective()) << e.what();
+    return e.what();
+  }
+  return "";
 }
 
 }  // namespace trustep::testing

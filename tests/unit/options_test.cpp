@@ -87,14 +87,18 @@ TEST(Options, UnknownConfigKeyAndMissingFileAreNamed) {
             "bench comm: cannot read --config file '/no/such.ini'");
 }
 
-TEST(Options, FingerprintFollowsArgumentsAndConfigContents) {
+TEST(Options, SettingsAreWhatWasGivenWhereverItCameFrom) {
   const auto a = write_ini("a.ini", "hidden = 1\n");
   const auto b = write_ini("b.ini", "hidden = 2\n");
-  Parsed p1, p2, p3, p4;
-  const uint64_t fa = p1.parse({"--config", a}).fingerprint;
-  EXPECT_EQ(fa, p2.parse({"--config", a}).fingerprint);
-  EXPECT_NE(fa, p3.parse({"--config", b}).fingerprint);
-  EXPECT_NE(fa, p4.parse({"--config", a, "--hidden", "1"}).fingerprint);
+  const auto a_copy = write_ini("a_copy.ini", "hidden = 1\n");
+  Parsed p1, p2, p3, p4, p5, p6;
+  const std::string sa = p1.parse({"--config", a}).settings;
+  EXPECT_EQ(sa, "command=bench comm\n--hidden=1\n");
+  EXPECT_EQ(sa, p2.parse({"--config", a_copy}).settings);         // the path does not matter
+  EXPECT_EQ(sa, p3.parse({"--hidden", "1"}).settings);            // nor where the value came from
+  EXPECT_NE(sa, p4.parse({"--config", b}).settings);
+  EXPECT_EQ(p5.parse({"--config", b, "--hidden", "1"}).settings, sa);  // the command line wins
+  EXPECT_EQ(p6.parse({"--hidden", "1", "--dtype", "fp32"}).settings, "command=bench comm\n--dtype=fp32\n--hidden=1\n");
 }
 
 TEST(Options, SizeLists) {
