@@ -19,17 +19,7 @@ build="build-fuzz"
 log() { printf '[fuzz] %s\n' "$*"; }
 start=$SECONDS
 
-packages=(clang-14 libclang-rt-14-dev)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  log "installing Debian packages: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/debian_packages.sh clang-14 libclang-rt-14-dev
 if ! ls .venv/lib/python3*/site-packages/torch/lib/libtorch.so >/dev/null 2>&1; then
   echo "[fuzz] error: no LibTorch in .venv: run scripts/setup.sh first" >&2
   exit 2

@@ -18,16 +18,7 @@ packages=(build-essential cmake ninja-build ccache pkg-config
 
 log() { printf '[setup] %s\n' "$*"; }
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  log "installing Debian packages: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+"$root/scripts/debian_packages.sh" "${packages[@]}"
 
 # Python packages, pinned: torch (LibTorch for C++; ~5 GB with its CUDA runtime wheels),
 # numpy (the Python prototype baseline of `bench select`) and matplotlib (scripts/plot_*.py).

@@ -84,3 +84,10 @@ set_tests_properties(train.killed_rank_ends_the_job PROPERTIES ENVIRONMENT "${MP
 set_tests_properties(train.hung_rank_is_aborted_by_the_watchdog PROPERTIES ENVIRONMENT "${MPI_TEST_ENV}" TIMEOUT 120
   PROCESSORS 2 PASS_REGULAR_EXPRESSION
   "watchdog: rank 0: .* has not finished after 10 s.*job ended [0-9.]+ s after SIGSTOP with exit 124; no process left")
+
+# Soak: 2,000 steps of the tiny preset on 2 ranks (about 2.5 min here), RSS of every rank sampled
+# twice a second; after warm-up (200 steps) no rank may grow by more than 24 MiB.
+add_test(NAME soak.tiny_2000_steps_memory_flat COMMAND ${TRUSTEP_PYTHON} ${PROJECT_SOURCE_DIR}/scripts/soak.py
+  --out ${FAULT_DIR}/soak --trustep $<TARGET_FILE:trustep_cli>)
+set_tests_properties(soak.tiny_2000_steps_memory_flat PROPERTIES ENVIRONMENT "${MPI_TEST_ENV}" TIMEOUT 900
+  PROCESSORS 2 PASS_REGULAR_EXPRESSION "2000 steps in [0-9]+ s, [0-9]+ samples; memory flat after warm-up")
