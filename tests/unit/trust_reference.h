@@ -18,7 +18,7 @@ template <typename T>
 at::Tensor tensor_of(const std::vector<T>& v, std::vector<int64_t> shape, c10::ScalarType dtype) {
   at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dtype));
   EXPECT_EQ(static_cast<size_t>(t.numel()), v.size());
-  std::memcpy(t.mutable_data_ptr(), v.data(), v.size() * sizeof(T));
+  if (!v.empty()) std::memcpy(t.mutable_data_ptr(), v.data(), v.size() * sizeof(T));  // memcpy(nullptr, ...) is UB
   return t;
 }
 
