@@ -20,49 +20,37 @@ static int watched_path(const char* path) {
   return marker && *marker && path && strstr(path, marker) != NULL;
 }
 
-static void note_open(int fd, const char* path) {
+// The mode argument exists only when the flags create a file.
+#define MODE_ARG(flags)                                                                 \
+  mode_t mode = 0;                                                                      \
+  if (((flags) & O_CREAT) || ((flags) & __O_TMPFILE) == __O_TMPFILE) {                  \
+    va_list ap;                                                                         \
+    va_start(ap, flags);                                                                \
+    mode = (mode_t)va_arg(ap, int);                                                     \
+    va_end(ap);                                                                         \
+  }
+
+typedef int (*openat_fn)(int, const char*, int, ...);
+
+// Every open variant goes through the real openat/openat64 (open(p) is openat(AT_FDCWD, p)).
+static int open_and_note(const char* real_name, int dir, const char* path, int flags, mode_t mode) {
+  openat_fn real = (openat_fn)dlsym(RTLD_NEXT, real_name);
+  const int fd = real(dir, path, flags, mode);
   if (fd >= 0 && fd < kMaxFd) g_watched[fd] = (unsigned char)watched_path(path);
+  return fd;
 }
-
-static mode_t mode_arg(int flags, va_list ap) {
-  return (flags & O_CREAT) || (flags & __O_TMPFILE) == __O_TMPFILE ? (mode_t)va_arg(ap, int) : 0;
-}
-
-#define FORWARD_OPEN(name, ...)                                   \
-  static int (*real)(__VA_ARGS__);                                \
-  if (!real) real = (int (*)(__VA_ARGS__))dlsym(RTLD_NEXT, name);
 
 int open(const char* path, int flags, ...) {
-  va_list ap;
-  va_start(ap, flags);
-  const mode_t mode = mode_arg(flags, ap);
-  va_end(ap);
-  FORWARD_OPEN("open", const char*, int, ...)
-  const int fd = real(path, flags, mode);
-  note_open(fd, path);
-  return fd;
+  MODE_ARG(flags)
+  return open_and_note("openat", AT_FDCWD, path, flags, mode);
 }
-
 int open64(const char* path, int flags, ...) {
-  va_list ap;
-  va_start(ap, flags);
-  const mode_t mode = mode_arg(flags, ap);
-  va_end(ap);
-  FORWARD_OPEN("open64", const char*, int, ...)
-  const int fd = real(path, flags, mode);
-  note_open(fd, path);
-  return fd;
+  MODE_ARG(flags)
+  return open_and_note("openat64", AT_FDCWD, path, flags, mode);
 }
-
 int openat(int dir, const char* path, int flags, ...) {
-  va_list ap;
-  va_start(ap, flags);
-  const mode_t mode = mode_arg(flags, ap);
-  va_end(ap);
-  FORWARD_OPEN("openat", int, const char*, int, ...)
-  const int fd = real(dir, path, flags, mode);
-  note_open(fd, path);
-  return fd;
+  MODE_ARG(flags)
+  return open_and_note("openat", dir, path, flags, mode);
 }
 
 ssize_t write(int fd, const void* buf, size_t n) {

@@ -49,6 +49,7 @@ class Dispatcher {
   Dispatcher(comm::Communicator& comm, ExpertLayout layout, c10::ScalarType comm_dtype,
              c10::ScalarType expert_dtype);
   const ExpertLayout& layout() const { return layout_; }
+  comm::Communicator& comm() const { return comm_; }
 
   // hidden [T, H]; experts [T, k] int64 global expert ids, −1 = unused slot.
   Dispatched dispatch(const at::Tensor& hidden, const at::Tensor& experts, int layer = -1);

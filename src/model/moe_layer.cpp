@@ -81,7 +81,6 @@ const MoELayerConfig& agreed(const MoELayerConfig& config, comm::Communicator& c
 
 MoELayerImpl::MoELayerImpl(const MoELayerConfig& config, comm::Communicator& comm)
     : config_(agreed(config, comm)),
-      comm_(&comm),
       selector_(selector_config(config), config.device),
       dispatcher_(comm, dispatch::ExpertLayout::make(config.experts, comm.size(), comm.rank()), config.comm_dtype,
                   config.dtype) {
@@ -115,7 +114,8 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x, const routing::SelectorInpu
     // --check-finite: the router's local check, turned into one error on every rank (a NaN on
     // one rank would otherwise end the job from there, leaving peers to be killed unexplained).
     if (config_.check_finite)
-      comm_->fail_together([&] { r = router->forward(tokens); }, fmt::format("MoE layer {} (--check-finite)", config_.layer));
+      dispatcher_.comm().fail_together([&] { r = router->forward(tokens); },
+                                       fmt::format("MoE layer {} (--check-finite)", config_.layer));
     else
       r = router->forward(tokens);
     routing::SelectorInputs in = trust;
@@ -178,11 +178,14 @@ at::Tensor MoELayerImpl::apply_poison(const at::Tensor& y, const std::vector<int
     at::Tensor seg = y.narrow(0, offset, n);  // [n, H] rows of local expert i
     offset += n;
     if (std::binary_search(poison_.begin(), poison_.end(), first + static_cast<int64_t>(i))) {
-      // Same scale as the real output; a detached constant, so no gradient reaches the expert.
-      const double scale = seg.numel() > 1 ? seg.detach().to(at::kFloat).std().item<double>() : 0.0;
-      at::Tensor noise = at::randn({n, H}, gen, at::TensorOptions().dtype(at::kFloat));  // [n, H]
-      seg = poison_kind_ == PoisonKind::kNaN ? at::full({n, H}, std::nan(""), y.options())
-                                             : (noise * (std::isfinite(scale) ? scale : 0.0)).to(y.options());
+      if (poison_kind_ == PoisonKind::kNaN) {
+        seg = at::full({n, H}, std::nan(""), y.options());
+      } else {
+        // Same scale as the real output; a detached constant, so no gradient reaches the expert.
+        const double scale = seg.numel() > 1 ? seg.detach().to(at::kFloat).std().item<double>() : 0.0;
+        at::Tensor noise = at::randn({n, H}, gen, at::TensorOptions().dtype(at::kFloat));  // [n, H]
+        seg = (noise * (std::isfinite(scale) ? scale : 0.0)).to(y.options());
+      }
       any = true;
     }
     parts.push_back(seg);

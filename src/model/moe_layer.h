@@ -82,7 +82,6 @@ class MoELayerImpl : public torch::nn::Module {
 
  private:
   MoELayerConfig config_;
-  comm::Communicator* comm_;
   routing::Selector selector_;
   dispatch::Dispatcher dispatcher_;
   std::vector<int64_t> poison_;  // sorted global expert ids (empty: off)
